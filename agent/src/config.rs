@@ -1,0 +1,391 @@
+//! The crius configuration: a TOML file whose every key has a default, so
+//! that no file is needed, overridden by command-line flags.
+//!
+//! Unknown keys and bad values are refused when crius starts, naming the key
+//! and what is allowed.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where crius looks for its config file when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/crius/crius.toml";
+
+/// The effective configuration of one crius process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Unix socket that serves CRI (flag `--socket`).
+    pub socket: PathBuf,
+    /// Persistent state: the state store, images, container layers (flag `--root`).
+    pub root: PathBuf,
+    /// Runtime state that does not survive a reboot (flag `--run-root`).
+    pub run_root: PathBuf,
+    /// Logging.
+    pub log: LogConfig,
+    /// The CRI server.
+    pub server: ServerConfig,
+    /// Container runtime settings.
+    pub runtime: RuntimeConfig,
+}
+
+/// `[log]`: logging settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Least severe level that is printed (flag `--log-level`).
+    pub level: LogLevel,
+    /// Line format (flag `--log-format`).
+    pub format: LogFormat,
+}
+
+/// `[server]`: the CRI gRPC server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Permission bits of the CRI socket.
+    #[serde(with = "octal_mode")]
+    pub socket_mode: u32,
+    /// Group id that owns the CRI socket (-1 keeps crius's own group).
+    pub socket_gid: i64,
+    /// Seconds that in-flight RPCs get to finish after SIGTERM / SIGINT.
+    pub shutdown_timeout_secs: u64,
+}
+
+/// `[runtime]`: how pods and containers are run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Which cgroup manager crius uses, reported to kubelet by `RuntimeConfig`.
+    pub cgroup_driver: CgroupDriver,
+}
+
+/// Log severity threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Everything, including per-poll details.
+    Trace,
+    /// Polling RPCs and internal steps.
+    Debug,
+    /// Mutating RPCs and lifecycle events.
+    Info,
+    /// Problems that crius recovers from.
+    Warn,
+    /// Failures.
+    Error,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// cgroup manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    /// Write cgroupfs directly (works everywhere).
+    Cgroupfs,
+    /// Ask systemd for scopes and slices (only where systemd is PID 1).
+    Systemd,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/crius/crius.sock"),
+            root: PathBuf::from("/var/lib/crius"),
+            run_root: PathBuf::from("/run/crius"),
+            log: LogConfig::default(),
+            server: ServerConfig::default(),
+            runtime: RuntimeConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: LogLevel::Info, format: LogFormat::Text }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { socket_mode: 0o660, socket_gid: -1, shutdown_timeout_secs: 30 }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { cgroup_driver: CgroupDriver::Cgroupfs }
+    }
+}
+
+impl LogLevel {
+    /// The `tracing` filter directive for this level.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trace => "trace",
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for CgroupDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Cgroupfs => "cgroupfs",
+            Self::Systemd => "systemd",
+        })
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but could not be read.
+    #[error("read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong kind.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation, with the key, line and what is allowed.
+        message: String,
+    },
+    /// A value parsed but is not allowed.
+    #[error("config key `{key}` = {value}: {allowed}")]
+    Invalid {
+        /// Dotted key name, as written in the file.
+        key: &'static str,
+        /// The refused value.
+        value: String,
+        /// What is allowed instead.
+        allowed: String,
+    },
+}
+
+impl Config {
+    /// Reads the config file. A missing file at the default location means
+    /// "all defaults"; a missing file that was asked for explicitly is an error.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_toml(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read { path: path.to_path_buf(), source }),
+        }
+    }
+
+    /// Parses TOML text; `path` only names the source in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().to_owned() })
+    }
+
+    /// Checks the values that parse but cannot work. Run after flags are applied.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, path) in [("socket", &self.socket), ("root", &self.root), ("run_root", &self.run_root)] {
+            if !path.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: format!("{:?}", path.display().to_string()),
+                    allowed: "an absolute path".into(),
+                });
+            }
+        }
+        // sun_path holds 108 bytes including the trailing NUL.
+        let socket_len = self.socket.as_os_str().len();
+        if socket_len > 107 {
+            return Err(ConfigError::Invalid {
+                key: "socket",
+                value: format!("{:?}", self.socket.display().to_string()),
+                allowed: format!("a path of at most 107 bytes (this one has {socket_len})"),
+            });
+        }
+        if self.server.socket_mode > 0o777 {
+            return Err(ConfigError::Invalid {
+                key: "server.socket_mode",
+                value: format!("\"{:o}\"", self.server.socket_mode),
+                allowed: "permission bits between \"0\" and \"777\" (octal)".into(),
+            });
+        }
+        if self.server.socket_gid < -1 || self.server.socket_gid > i64::from(u32::MAX - 1) {
+            return Err(ConfigError::Invalid {
+                key: "server.socket_gid",
+                value: self.server.socket_gid.to_string(),
+                allowed: "-1 (keep crius's group) or a group id".into(),
+            });
+        }
+        if self.runtime.cgroup_driver == CgroupDriver::Systemd && !systemd_is_running() {
+            return Err(ConfigError::Invalid {
+                key: "runtime.cgroup_driver",
+                value: "\"systemd\"".into(),
+                allowed: "\"cgroupfs\" (systemd is not running on this host: /run/systemd/system is missing)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, as `crius config` prints it.
+    pub fn to_toml(&self) -> String {
+        // Serialising plain structs of strings and numbers cannot fail.
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// The test systemd itself documents for "booted with systemd".
+fn systemd_is_running() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+/// Socket modes are written as octal strings ("660"), as in `chmod`.
+mod octal_mode {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{mode:o}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let text = String::deserialize(d)?;
+        let digits = text.strip_prefix("0o").unwrap_or(&text);
+        u32::from_str_radix(digits, 8).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid socket mode {text:?}: expected octal permission bits such as \"660\""
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/crius/crius.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let config = parse("").expect("empty config parses");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.socket, Path::new("/run/crius/crius.sock"));
+        assert_eq!(config.root, Path::new("/var/lib/crius"));
+        assert_eq!(config.run_root, Path::new("/run/crius"));
+        assert_eq!(config.server.socket_mode, 0o660);
+        config.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_but_missing_explicit_file_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nope.toml");
+        assert_eq!(Config::load(&missing, false).expect("defaults"), Config::default());
+        let err = Config::load(&missing, true).expect_err("explicit file must exist");
+        assert!(err.to_string().contains("nope.toml"), "{err}");
+    }
+
+    #[test]
+    fn file_values_are_read() {
+        let config = parse(
+            "socket = \"/tmp/x.sock\"\nroot = \"/srv/crius\"\n[log]\nlevel = \"debug\"\nformat = \"json\"\n\
+             [server]\nsocket_mode = \"600\"\n",
+        )
+        .expect("valid config");
+        assert_eq!(config.socket, Path::new("/tmp/x.sock"));
+        assert_eq!(config.root, Path::new("/srv/crius"));
+        assert_eq!(config.log.level, LogLevel::Debug);
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.server.socket_mode, 0o600);
+        assert_eq!(config.run_root, Path::new("/run/crius"), "unset keys keep defaults");
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_named_with_the_allowed_keys() {
+        let err = parse("sockett = \"/x\"\n").expect_err("unknown key");
+        let text = err.to_string();
+        assert!(text.contains("sockett"), "{text}");
+        assert!(text.contains("socket") && text.contains("run_root"), "allowed keys listed: {text}");
+        assert!(text.contains("/etc/crius/crius.toml"), "file named: {text}");
+    }
+
+    #[test]
+    fn unknown_nested_key_is_named() {
+        let err = parse("[log]\nlevell = \"info\"\n").expect_err("unknown key");
+        let text = err.to_string();
+        assert!(text.contains("levell") && text.contains("level"), "{text}");
+    }
+
+    #[test]
+    fn bad_enum_value_lists_the_allowed_values() {
+        let err = parse("[log]\nformat = \"xml\"\n").expect_err("bad format");
+        let text = err.to_string();
+        assert!(text.contains("xml") && text.contains("text") && text.contains("json"), "{text}");
+        assert!(text.contains("format"), "key shown: {text}");
+
+        let err = parse("[log]\nlevel = \"loud\"\n").expect_err("bad level");
+        assert!(err.to_string().contains("debug"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_refused() {
+        let err = parse("[server]\nshutdown_timeout_secs = \"soon\"\n").expect_err("bad type");
+        assert!(err.to_string().contains("shutdown_timeout_secs"), "{err}");
+    }
+
+    #[test]
+    fn bad_socket_mode_is_refused() {
+        let err = parse("[server]\nsocket_mode = \"rw\"\n").expect_err("not octal");
+        assert!(err.to_string().contains("octal"), "{err}");
+        let config = parse("[server]\nsocket_mode = \"7777\"\n").expect("parses");
+        let err = config.validate().expect_err("too many bits");
+        assert!(err.to_string().contains("server.socket_mode"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_are_refused_with_the_key() {
+        let config = parse("root = \"var/lib/crius\"\n").expect("parses");
+        let err = config.validate().expect_err("relative root");
+        assert!(err.to_string().contains("`root`") && err.to_string().contains("absolute"), "{err}");
+    }
+
+    #[test]
+    fn overlong_socket_path_is_refused() {
+        let long = format!("/{}", "s".repeat(120));
+        let config = parse(&format!("socket = \"{long}\"\n")).expect("parses");
+        let err = config.validate().expect_err("too long");
+        assert!(err.to_string().contains("107 bytes"), "{err}");
+    }
+
+    #[test]
+    fn invalid_toml_is_reported_with_a_line() {
+        let err = parse("socket = \n").expect_err("syntax");
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn printed_config_parses_back_to_itself() {
+        let mut config = Config::default();
+        config.log.format = LogFormat::Json;
+        config.server.socket_mode = 0o600;
+        let again = parse(&config.to_toml()).expect("round trip");
+        assert_eq!(again, config);
+    }
+}

@@ -1,0 +1,140 @@
+//! `Status`: RuntimeReady and NetworkReady, each from a real check.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use cri_api::v1::{
+    RuntimeCondition, RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus, StatusRequest,
+    StatusResponse,
+};
+use nix::unistd::{AccessFlags, access};
+
+use super::AgentState;
+use super::runtime_config::POD_CIDR_SETTING;
+use crate::error::{AgentError, chain};
+
+const RUNTIME_READY: &str = "RuntimeReady";
+const NETWORK_READY: &str = "NetworkReady";
+
+/// Reports readiness; with `verbose`, also the effective config and store facts.
+pub fn status(state: &AgentState, request: StatusRequest) -> Result<StatusResponse, AgentError> {
+    let store_check = state.store.check().map_err(|e| chain(&e));
+    let runtime = runtime_condition(store_check, &[&state.config.root, &state.config.run_root]);
+    let network = network_condition();
+    if !runtime.status {
+        tracing::warn!(reason = %runtime.reason, message = %runtime.message, "runtime not ready");
+    }
+
+    let mut info = HashMap::new();
+    if request.verbose {
+        let config =
+            serde_json::to_string(&state.config).unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
+        info.insert("config".to_owned(), config);
+        let store = serde_json::json!({
+            "path": state.store.path(),
+            "schemaVersion": state.store.schema_version().ok(),
+        });
+        info.insert("stateStore".to_owned(), store.to_string());
+        let pod_cidr = state.store.setting(POD_CIDR_SETTING)?;
+        info.insert("runtimeConfig".to_owned(), serde_json::json!({ "podCIDR": pod_cidr }).to_string());
+    }
+
+    Ok(StatusResponse {
+        status: Some(RuntimeStatus { conditions: vec![runtime, network] }),
+        info,
+        runtime_handlers: vec![RuntimeHandler {
+            name: String::new(),
+            // Neither is implemented yet: saying so keeps critest from running those specs.
+            features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+        }],
+        features: Some(RuntimeFeatures { supplemental_groups_policy: false, user_namespaces_host_network: false }),
+    })
+}
+
+/// RuntimeReady: the state store answers and the state directories are writable.
+fn runtime_condition(store: Result<(), String>, dirs: &[&Path]) -> RuntimeCondition {
+    if let Err(message) = store {
+        return condition(RUNTIME_READY, false, "StateStoreUnavailable", message);
+    }
+    for dir in dirs {
+        if let Err(errno) = access(*dir, AccessFlags::W_OK | AccessFlags::X_OK) {
+            return condition(
+                RUNTIME_READY,
+                false,
+                "StateDirectoryUnavailable",
+                format!("state directory {} is not writable: {errno}", dir.display()),
+            );
+        }
+    }
+    condition(RUNTIME_READY, true, "", String::new())
+}
+
+/// NetworkReady: crius has no pod network yet, and says so.
+fn network_condition() -> RuntimeCondition {
+    condition(
+        NETWORK_READY,
+        false,
+        "NetworkPluginNotReady",
+        "crius: pod networking is not available in this version (no built-in network or CNI support yet)".to_owned(),
+    )
+}
+
+fn condition(kind: &str, status: bool, reason: &str, message: String) -> RuntimeCondition {
+    RuntimeCondition { r#type: kind.to_owned(), status, reason: reason.to_owned(), message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::StateStore;
+
+    fn state(root: &Path) -> AgentState {
+        let config = Config { root: root.join("root"), run_root: root.join("run"), ..Config::default() };
+        std::fs::create_dir_all(&config.run_root).expect("run root");
+        let store = StateStore::open(&config.root).expect("store");
+        AgentState::new(config, store)
+    }
+
+    #[test]
+    fn healthy_runtime_is_ready_and_network_says_why_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let response = status(&state(dir.path()), StatusRequest { verbose: false }).expect("status");
+        let conditions = response.status.expect("status").conditions;
+        assert_eq!(conditions[0].r#type, "RuntimeReady");
+        assert!(conditions[0].status, "{:?}", conditions[0]);
+        assert_eq!(conditions[1].r#type, "NetworkReady");
+        assert!(!conditions[1].status);
+        assert!(!conditions[1].reason.is_empty() && !conditions[1].message.is_empty());
+        assert!(response.info.is_empty(), "info only when verbose");
+    }
+
+    #[test]
+    fn missing_state_directory_makes_the_runtime_not_ready() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let gone = dir.path().join("gone");
+        let condition = runtime_condition(Ok(()), &[dir.path(), &gone]);
+        assert!(!condition.status);
+        assert_eq!(condition.reason, "StateDirectoryUnavailable");
+        assert!(condition.message.contains("gone"), "{}", condition.message);
+    }
+
+    #[test]
+    fn failing_store_makes_the_runtime_not_ready() {
+        let condition = runtime_condition(Err("state store: corrupted".into()), &[]);
+        assert!(!condition.status);
+        assert_eq!(condition.reason, "StateStoreUnavailable");
+        assert_eq!(condition.message, "state store: corrupted");
+    }
+
+    #[test]
+    fn verbose_info_is_json() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let response = status(&state(dir.path()), StatusRequest { verbose: true }).expect("status");
+        for key in ["config", "stateStore", "runtimeConfig"] {
+            let value = response.info.get(key).unwrap_or_else(|| panic!("{key} missing"));
+            serde_json::from_str::<serde_json::Value>(value).unwrap_or_else(|e| panic!("{key}: {e}: {value}"));
+        }
+        assert!(response.info["config"].contains("\"socket\""));
+    }
+}

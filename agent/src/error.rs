@@ -1,0 +1,95 @@
+//! The agent's error type and its one mapping to gRPC status codes.
+//!
+//! Handlers return [`AgentError`]; [`status`] is the only place that decides
+//! which gRPC code a failure becomes.
+
+use crate::store::StoreError;
+
+/// A failed RPC.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A request field is missing or malformed.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// The field, as named in the CRI proto (dotted path).
+        field: &'static str,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+    /// The object the request names does not exist.
+    #[error("{kind} {id:?} not found")]
+    NotFound {
+        /// "pod sandbox", "container", "image".
+        kind: &'static str,
+        /// The id or reference asked for.
+        id: String,
+    },
+    /// A feature or option crius does not support (yet).
+    #[error("{what} is not supported by crius")]
+    Unsupported {
+        /// The RPC or option.
+        what: String,
+    },
+    /// The state store failed.
+    #[error("state store")]
+    Store(#[from] StoreError),
+}
+
+/// Converts an agent error into the gRPC status returned to the client.
+/// The message carries the whole error chain, since kubelet logs only it.
+pub fn status(error: &AgentError) -> tonic::Status {
+    let message = chain(error);
+    match error {
+        AgentError::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
+        AgentError::NotFound { .. } => tonic::Status::not_found(message),
+        AgentError::Unsupported { .. } => tonic::Status::unimplemented(message),
+        AgentError::Store(_) => tonic::Status::internal(message),
+    }
+}
+
+impl From<AgentError> for tonic::Status {
+    fn from(error: AgentError) -> Self {
+        status(&error)
+    }
+}
+
+/// "outer: inner: innermost", the way anyhow prints `{:#}`.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_error_kind() {
+        let invalid =
+            AgentError::InvalidArgument { field: "runtime_config.network_config.pod_cidr", reason: "bad".into() };
+        let status = status(&invalid);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("runtime_config.network_config.pod_cidr"), "{}", status.message());
+
+        let missing = AgentError::NotFound { kind: "container", id: "abc".into() };
+        assert_eq!(super::status(&missing).code(), tonic::Code::NotFound);
+
+        let unsupported = AgentError::Unsupported { what: "CheckpointContainer".into() };
+        assert_eq!(super::status(&unsupported).code(), tonic::Code::Unimplemented);
+    }
+
+    #[test]
+    fn message_includes_the_source_chain() {
+        let io = std::io::Error::other("disk on fire");
+        let store = StoreError::CreateDir { path: "/x".into(), source: io };
+        let status = status(&AgentError::Store(store));
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert_eq!(status.message(), "state store: create state directory /x: disk on fire");
+    }
+}

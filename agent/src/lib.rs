@@ -1,0 +1,13 @@
+//! `crius`: the node agent. It serves the Container Runtime Interface to
+//! kubelet over a unix socket and runs pods as Linux namespaces or KVM VMs.
+//!
+//! This crate is the composition root: the only place where the library
+//! crates (`sandbox`, `network`, `images`) are wired together.
+
+pub mod cli;
+pub mod config;
+pub mod cri;
+pub mod error;
+pub mod logging;
+pub mod server;
+pub mod store;

@@ -1,0 +1,111 @@
+//! Serving CRI: take the socket, open the state, run tonic until SIGTERM or
+//! SIGINT, then stop accepting and let in-flight RPCs finish.
+//!
+//! Stopping crius never stops pods or containers: they do not belong to this
+//! process.
+
+pub mod instrument;
+pub mod socket;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cri_api::v1::image_service_server::ImageServiceServer;
+use cri_api::v1::runtime_service_server::RuntimeServiceServer;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::cri::{AgentState, CriService};
+use crate::store::{StateStore, StoreError};
+
+/// Why crius could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The socket is taken or unusable.
+    #[error("take CRI socket")]
+    Socket(#[from] socket::SocketError),
+    /// The state store could not be opened.
+    #[error("open state store")]
+    Store(#[from] StoreError),
+    /// A state directory could not be made.
+    #[error("create directory {path}")]
+    CreateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("install signal handlers")]
+    Signals(#[source] std::io::Error),
+    /// The gRPC server failed.
+    #[error("serve CRI")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves CRI until SIGTERM or SIGINT.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let access =
+        socket::SocketAccess { mode: config.server.socket_mode, gid: u32::try_from(config.server.socket_gid).ok() };
+    // The socket lock comes first, so that a second crius names the socket
+    // it collides on rather than the state store behind it.
+    let (listener, socket_guard) = socket::bind(&config.socket, access)?;
+    for dir in [&config.root, &config.run_root] {
+        std::fs::create_dir_all(dir).map_err(|source| ServeError::CreateDir { path: dir.clone(), source })?;
+    }
+    let store = StateStore::open(&config.root)?;
+    tracing::info!(path = %store.path().display(), schema = crate::store::SCHEMA_VERSION, "state store open");
+
+    let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
+    let socket_path = config.socket.clone();
+    let state = Arc::new(AgentState::new(config, store));
+    let service = CriService::new(state);
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let signals = watch_signals(stop_tx)?;
+
+    tracing::info!(socket = %socket_path.display(), version = env!("CARGO_PKG_VERSION"), "crius serving CRI");
+    let mut shutdown = stop_rx.clone();
+    let server = tonic::transport::Server::builder()
+        .layer(instrument::RpcInstrumentLayer)
+        .add_service(RuntimeServiceServer::new(service.clone()))
+        .add_service(ImageServiceServer::new(service))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        });
+    tokio::pin!(server);
+
+    let result = tokio::select! {
+        result = &mut server => result,
+        _ = async {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+            tracing::info!(grace_secs = grace.as_secs(), "stopping: no new connections, waiting for in-flight RPCs");
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("in-flight RPCs did not finish within the shutdown timeout; exiting anyway");
+            Ok(())
+        }
+    };
+    signals.abort();
+    drop(socket_guard);
+    result?;
+    tracing::info!("crius stopped; pods and containers keep running");
+    Ok(())
+}
+
+/// Flips `stop` on the first SIGTERM or SIGINT.
+fn watch_signals(stop: watch::Sender<bool>) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    Ok(tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutdown requested");
+        let _ = stop.send(true);
+    }))
+}

@@ -1,0 +1,108 @@
+//! The RPCs the foundation serves, over the real socket.
+
+use cri_api::v1::{
+    ImageFsInfoRequest, NetworkConfig, PullImageRequest, RunPodSandboxRequest, RuntimeConfig, RuntimeConfigRequest,
+    StatusRequest, UpdateRuntimeConfigRequest, VersionRequest,
+};
+use crius_e2e::{Crius, CriusDirs};
+
+#[tokio::test]
+async fn version_names_crius() -> anyhow::Result<()> {
+    let dirs = CriusDirs::new()?;
+    let crius = Crius::start(&dirs, &[]).await?;
+    let version = crius.runtime().await?.version(VersionRequest { version: "v1".into() }).await?.into_inner();
+    assert_eq!(version.runtime_name, "crius");
+    assert_eq!(version.runtime_api_version, "v1");
+    assert!(!version.runtime_version.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_reports_runtime_ready_and_why_the_network_is_not() -> anyhow::Result<()> {
+    let dirs = CriusDirs::new()?;
+    let crius = Crius::start(&dirs, &[]).await?;
+    let status = crius.runtime().await?.status(StatusRequest { verbose: true }).await?.into_inner();
+    let conditions = status.status.expect("runtime status").conditions;
+    let runtime = conditions.iter().find(|c| c.r#type == "RuntimeReady").expect("RuntimeReady");
+    assert!(runtime.status, "{runtime:?}");
+    let network = conditions.iter().find(|c| c.r#type == "NetworkReady").expect("NetworkReady");
+    assert!(!network.status);
+    assert!(!network.reason.is_empty() && !network.message.is_empty(), "{network:?}");
+    let config: serde_json::Value = serde_json::from_str(status.info.get("config").expect("verbose config"))?;
+    assert_eq!(config["root"].as_str(), dirs.root.to_str(), "{config}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_turns_not_ready_when_the_run_root_disappears() -> anyhow::Result<()> {
+    let mut dirs = CriusDirs::new()?;
+    dirs.run_root = dirs.temp.path().join("state");
+    let crius = Crius::start(&dirs, &[]).await?;
+    std::fs::remove_dir_all(&dirs.run_root)?;
+    let status = crius.runtime().await?.status(StatusRequest::default()).await?.into_inner();
+    let runtime = status.status.expect("status").conditions.into_iter().find(|c| c.r#type == "RuntimeReady");
+    let runtime = runtime.expect("RuntimeReady");
+    assert!(!runtime.status);
+    assert_eq!(runtime.reason, "StateDirectoryUnavailable");
+    Ok(())
+}
+
+#[tokio::test]
+async fn runtime_config_reports_the_cgroup_driver() -> anyhow::Result<()> {
+    let dirs = CriusDirs::new()?;
+    let crius = Crius::start(&dirs, &[]).await?;
+    let config = crius.runtime().await?.runtime_config(RuntimeConfigRequest {}).await?.into_inner();
+    assert_eq!(config.linux.expect("linux").cgroup_driver, cri_api::v1::CgroupDriver::Cgroupfs as i32);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unsupported_rpcs_are_unimplemented_and_named() -> anyhow::Result<()> {
+    let dirs = CriusDirs::new()?;
+    let crius = Crius::start(&dirs, &[]).await?;
+    let err = crius.runtime().await?.run_pod_sandbox(RunPodSandboxRequest::default()).await.expect_err("not yet");
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(err.message().contains("RunPodSandbox"), "{}", err.message());
+
+    let mut images = crius.images().await?;
+    let err = images.pull_image(PullImageRequest::default()).await.expect_err("not yet");
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(err.message().contains("PullImage"), "{}", err.message());
+    let err = images.image_fs_info(ImageFsInfoRequest {}).await.expect_err("not yet");
+    assert!(err.message().contains("ImageFsInfo"), "{}", err.message());
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_pod_cidr_is_invalid_argument_naming_the_field() -> anyhow::Result<()> {
+    let dirs = CriusDirs::new()?;
+    let crius = Crius::start(&dirs, &[]).await?;
+    let request = |cidr: &str| UpdateRuntimeConfigRequest {
+        runtime_config: Some(RuntimeConfig { network_config: Some(NetworkConfig { pod_cidr: cidr.into() }) }),
+    };
+    let mut runtime = crius.runtime().await?;
+    let err = runtime.update_runtime_config(request("10.0.0.0/99")).await.expect_err("invalid");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("runtime_config.network_config.pod_cidr"), "{}", err.message());
+    runtime.update_runtime_config(request("10.244.0.0/24")).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn json_logs_carry_one_span_per_rpc() -> anyhow::Result<()> {
+    let dirs = CriusDirs::new()?;
+    let crius = Crius::start(&dirs, &["--log-format", "json", "--log-level", "debug"]).await?;
+    let mut runtime = crius.runtime().await?;
+    runtime.status(StatusRequest::default()).await?;
+    let _ = runtime.run_pod_sandbox(RunPodSandboxRequest::default()).await;
+    let log = crius.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        assert!(line.starts_with('{') && line.ends_with('}'), "not a JSON line: {line}");
+    }
+    // Polls at debug, mutations at info or above, each inside its rpc span.
+    assert!(lines.iter().any(|l| l.contains("\"rpc\":\"Status\"") && l.contains("\"level\":\"DEBUG\"")), "{log}");
+    assert!(lines.iter().any(|l| l.contains("\"rpc\":\"RunPodSandbox\"") && l.contains("\"level\":\"WARN\"")), "{log}");
+    Ok(())
+}

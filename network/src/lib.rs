@@ -1,0 +1,7 @@
+//! Pod networking: the built-in netlink bridge / veth / IPAM network and the
+//! optional CNI mode.
+//!
+//! This crate must not depend on `agent`, `sandbox` or `images`: it returns
+//! plain data (interfaces, addresses) that the agent translates.
+//! It is empty until the networking issue lands.
+#![warn(missing_docs)]

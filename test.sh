@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole crius test suite: formatting, lints, unit tests and the e2e tests
+# against the real binary. Run as root on Debian 12; installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# shellcheck source=.ci/setup-host
+source .ci/setup-host
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== build crius (the e2e tests run this binary)"
+cargo build --locked -p crius
+echo "== cargo test (unit + e2e)"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --locked --workspace 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }
+     END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
