@@ -1,5 +1,7 @@
 //! The tracing subscriber: installed once, by the binary, never by libraries.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogLevel};
@@ -12,7 +14,10 @@ pub fn init(level: LogLevel, format: LogFormat) {
         let quiet = if level == LogLevel::Trace { "" } else { ",h2=warn,hyper=warn,hyper_util=warn,tower=warn" };
         EnvFilter::new(format!("{}{quiet}", level.as_str()))
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),

@@ -26,8 +26,7 @@ fn main() -> ExitCode {
             match run(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "crius failed");
-                    eprintln!("crius: error: {e:#}");
+                    tracing::error!("crius failed: {e:#}");
                     ExitCode::FAILURE
                 }
             }

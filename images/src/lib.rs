@@ -1,6 +1,14 @@
 //! Images: registry client, digest-addressed content store, safe layer
 //! unpacking and overlayfs snapshots.
 //!
-//! This crate must not depend on `agent`, `sandbox` or `network`.
-//! It is empty until the image-service issue lands.
+//! This crate must not depend on `agent`, `sandbox` or `network`: it hands
+//! plain data (image ids, layer directories, mount options) to the agent.
+//! Nothing it unpacks may ever be written outside the store's directories.
 #![warn(missing_docs)]
+
+pub mod digest;
+pub mod reference;
+pub mod registry;
+pub mod unpack;
+
+pub use digest::{Digest, DigestError};

@@ -1,0 +1,1 @@
+//! Image references: parsing and normalisation (filled by the registry work).

@@ -1,0 +1,1 @@
+//! Safe layer unpacking (filled by the unpack work).
