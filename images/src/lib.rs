@@ -6,9 +6,12 @@
 //! Nothing it unpacks may ever be written outside the store's directories.
 #![warn(missing_docs)]
 
+pub mod content;
 pub mod digest;
+pub mod layers;
 pub mod reference;
 pub mod registry;
+pub mod snapshot;
 pub mod unpack;
 
 pub use digest::{Digest, DigestError};

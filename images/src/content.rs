@@ -1,0 +1,318 @@
+//! The content store: blobs (manifests, configs, compressed layers) addressed
+//! by digest.
+//!
+//! A blob becomes visible under `blobs/sha256/<hex>` only after its size and
+//! digest were verified and it was fsynced: it is written to `ingest/<hex>`
+//! first and renamed. An interrupted download leaves only its ingest file,
+//! which the next download of the same blob resumes (or restarts). Concurrent
+//! downloads of one blob are serialised, so each blob is fetched once.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use crate::digest::{Digest, Hasher};
+
+/// Why a blob could not be stored or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    /// A filesystem step failed.
+    #[error("{operation} {path}")]
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data does not hash to the digest it was fetched as.
+    #[error("blob {expected} failed verification: content hashes to {actual}")]
+    DigestMismatch {
+        /// The digest asked for.
+        expected: Digest,
+        /// The digest of what arrived.
+        actual: Digest,
+    },
+    /// The data is not as long as its descriptor says.
+    #[error("blob {digest} has {actual} bytes, but its descriptor says {expected}")]
+    SizeMismatch {
+        /// The blob.
+        digest: Digest,
+        /// Size from the descriptor.
+        expected: u64,
+        /// Bytes received (stops counting once past `expected`).
+        actual: u64,
+    },
+    /// The source of the blob failed.
+    #[error("fetch blob {digest}: {message}")]
+    Fetch {
+        /// The blob.
+        digest: Digest,
+        /// The fetcher's error, as text.
+        message: String,
+    },
+    /// The blob is not in the store.
+    #[error("blob {0} is not in the content store")]
+    NotFound(Digest),
+}
+
+/// What a fetch returns: a byte stream starting at the offset it was asked
+/// for, or at 0 when the source cannot resume (`resumed == false`).
+#[derive(Debug)]
+pub struct FetchedStream<S> {
+    /// The bytes.
+    pub stream: S,
+    /// Whether the stream starts at the requested offset.
+    pub resumed: bool,
+}
+
+/// Counters a download updates as bytes arrive (for progress reports).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes received so far, over all blobs of a pull.
+    pub bytes_done: AtomicU64,
+}
+
+/// The content store.
+#[derive(Debug)]
+pub struct ContentStore {
+    root: PathBuf,
+    /// One lock per blob being ingested.
+    ingesting: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl ContentStore {
+    /// Opens (creating) the store under `root`.
+    pub fn open(root: &Path) -> Result<Self, ContentError> {
+        for dir in [root.join("blobs/sha256"), root.join("ingest")] {
+            fs::create_dir_all(&dir).map_err(|source| io("create", &dir, source))?;
+        }
+        Ok(Self { root: root.to_path_buf(), ingesting: Mutex::new(HashMap::new()) })
+    }
+
+    /// Where a verified blob lives.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    fn ingest_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("ingest").join(digest.hex())
+    }
+
+    /// Whether the blob is stored.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Reads a whole (small) blob: a manifest or a config.
+    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, ContentError> {
+        let path = self.blob_path(digest);
+        match fs::read(&path) {
+            Ok(data) => Ok(data),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(ContentError::NotFound(digest.clone())),
+            Err(source) => Err(io("read", &path, source)),
+        }
+    }
+
+    /// Opens a blob for streaming reads.
+    pub fn open_blob(&self, digest: &Digest) -> Result<File, ContentError> {
+        let path = self.blob_path(digest);
+        File::open(&path).map_err(|source| match source.kind() {
+            ErrorKind::NotFound => ContentError::NotFound(digest.clone()),
+            _ => io("open", &path, source),
+        })
+    }
+
+    /// Stores bytes already in memory, after checking they hash to `digest`.
+    pub fn write_bytes(&self, digest: &Digest, data: &[u8]) -> Result<(), ContentError> {
+        let actual = Digest::of(data);
+        if &actual != digest {
+            return Err(ContentError::DigestMismatch { expected: digest.clone(), actual });
+        }
+        if self.contains(digest) {
+            return Ok(());
+        }
+        let ingest = self.root.join("ingest").join(format!("{}.{}", digest.hex(), std::process::id()));
+        let mut file = File::create(&ingest).map_err(|source| io("create", &ingest, source))?;
+        file.write_all(data).map_err(|source| io("write", &ingest, source))?;
+        self.commit(file, &ingest, digest)
+    }
+
+    /// Downloads a blob unless it is already stored, and returns its path.
+    ///
+    /// `fetch(offset)` opens the source at `offset`. A partial ingest file
+    /// from an interrupted download is re-hashed and resumed. Callers that
+    /// ingest the same digest concurrently wait for the first, and the blob
+    /// is fetched once.
+    pub async fn ingest<F, Fut, S, E>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        progress: &Progress,
+        fetch: F,
+    ) -> Result<PathBuf, ContentError>
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: Future<Output = Result<FetchedStream<S>, E>>,
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let lock = self.ingest_lock(digest);
+        let _guard = lock.lock().await;
+        let path = self.blob_path(digest);
+        if path.is_file() {
+            self.release_lock(digest);
+            return Ok(path);
+        }
+        let result = self.download(digest, size, progress, fetch).await;
+        self.release_lock(digest);
+        result.map(|()| path)
+    }
+
+    async fn download<F, Fut, S, E>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        progress: &Progress,
+        fetch: F,
+    ) -> Result<(), ContentError>
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: Future<Output = Result<FetchedStream<S>, E>>,
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let ingest = self.ingest_path(digest);
+        let (mut file, mut hasher) = self.open_partial(&ingest, digest, size)?;
+        let fetch_err = |e: E| ContentError::Fetch { digest: digest.clone(), message: e.to_string() };
+        let fetched = fetch(hasher.len()).await.map_err(fetch_err)?;
+        if !fetched.resumed && !hasher.is_empty() {
+            // The source restarted from byte 0: so do we.
+            file.set_len(0).map_err(|source| io("truncate", &ingest, source))?;
+            file.seek(SeekFrom::Start(0)).map_err(|source| io("seek", &ingest, source))?;
+            hasher = Hasher::new();
+        }
+        progress.bytes_done.fetch_add(hasher.len(), Ordering::Relaxed);
+        let mut stream = fetched.stream;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(fetch_err)?;
+            if hasher.len() + chunk.len() as u64 > size {
+                drop(file);
+                let _ = fs::remove_file(&ingest);
+                return Err(ContentError::SizeMismatch {
+                    digest: digest.clone(),
+                    expected: size,
+                    actual: hasher.len() + chunk.len() as u64,
+                });
+            }
+            file.write_all(&chunk).map_err(|source| io("write", &ingest, source))?;
+            hasher.update(&chunk);
+            progress.bytes_done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        if hasher.len() != size {
+            // Keep the partial file: the next pull resumes from here.
+            return Err(ContentError::SizeMismatch { digest: digest.clone(), expected: size, actual: hasher.len() });
+        }
+        let actual = hasher.finish();
+        if &actual != digest {
+            drop(file);
+            let _ = fs::remove_file(&ingest);
+            return Err(ContentError::DigestMismatch { expected: digest.clone(), actual });
+        }
+        self.commit(file, &ingest, digest)
+    }
+
+    /// Opens the ingest file, hashing what an earlier attempt left in it.
+    fn open_partial(&self, ingest: &Path, digest: &Digest, size: u64) -> Result<(File, Hasher), ContentError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(ingest)
+            .map_err(|source| io("open", ingest, source))?;
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = file.read(&mut buf).map_err(|source| io("read", ingest, source))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        if hasher.len() > size {
+            tracing::debug!(%digest, "discarding oversized partial download");
+            file.set_len(0).map_err(|source| io("truncate", ingest, source))?;
+            file.seek(SeekFrom::Start(0)).map_err(|source| io("seek", ingest, source))?;
+            hasher = Hasher::new();
+        }
+        Ok((file, hasher))
+    }
+
+    /// fsync, rename into place, fsync the directory.
+    fn commit(&self, file: File, ingest: &Path, digest: &Digest) -> Result<(), ContentError> {
+        file.sync_all().map_err(|source| io("fsync", ingest, source))?;
+        drop(file);
+        let target = self.blob_path(digest);
+        fs::rename(ingest, &target).map_err(|source| io("rename into place", &target, source))?;
+        let dir = self.root.join("blobs/sha256");
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(|source| io("fsync", &dir, source))
+    }
+
+    /// Deletes a blob (and any partial download of it). Missing is fine.
+    pub fn delete(&self, digest: &Digest) -> Result<(), ContentError> {
+        for path in [self.blob_path(digest), self.ingest_path(digest)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(source) => return Err(io("remove", &path, source)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every stored blob.
+    pub fn list(&self) -> Result<Vec<Digest>, ContentError> {
+        let dir = self.root.join("blobs/sha256");
+        let entries = fs::read_dir(&dir).map_err(|source| io("list", &dir, source))?;
+        let mut digests = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| io("list", &dir, source))?;
+            if let Some(name) = entry.file_name().to_str()
+                && let Ok(digest) = format!("sha256:{name}").parse::<Digest>()
+            {
+                digests.push(digest);
+            }
+        }
+        digests.sort();
+        Ok(digests)
+    }
+
+    fn ingest_lock(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.ingesting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(map.entry(digest.clone()).or_default())
+    }
+
+    fn release_lock(&self, digest: &Digest) {
+        let mut map = self.ingesting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Only the map and the finishing caller hold it: nobody else waits.
+        if map.get(digest).is_some_and(|lock| Arc::strong_count(lock) <= 2) {
+            map.remove(digest);
+        }
+    }
+}
+
+fn io(operation: &'static str, path: &Path, source: std::io::Error) -> ContentError {
+    ContentError::Io { operation, path: path.to_path_buf(), source }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,145 @@
+use std::sync::atomic::AtomicUsize;
+
+use futures_util::stream;
+
+use super::*;
+
+type Chunks = stream::Iter<std::vec::IntoIter<Result<Bytes, String>>>;
+
+fn chunks(data: &[u8], size: usize) -> Chunks {
+    let parts: Vec<Result<Bytes, String>> = data.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    stream::iter(parts)
+}
+
+async fn serve(data: Vec<u8>, offset: u64, resumable: bool) -> Result<FetchedStream<Chunks>, String> {
+    let start = if resumable { usize::try_from(offset).expect("small") } else { 0 };
+    Ok(FetchedStream { stream: chunks(&data[start..], 7), resumed: resumable })
+}
+
+#[tokio::test]
+async fn ingest_verifies_and_stores_atomically() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ContentStore::open(dir.path()).expect("open");
+    let data = b"hello layer".repeat(100);
+    let digest = Digest::of(&data);
+    let progress = Progress::default();
+    let path = store
+        .ingest(&digest, data.len() as u64, &progress, |offset| serve(data.clone(), offset, true))
+        .await
+        .expect("ingest");
+    assert_eq!(fs::read(&path).expect("read"), data);
+    assert!(store.contains(&digest));
+    assert_eq!(store.list().expect("list"), vec![digest.clone()]);
+    assert_eq!(progress.bytes_done.load(Ordering::Relaxed), data.len() as u64);
+    assert_eq!(fs::read_dir(dir.path().join("ingest")).expect("ingest dir").count(), 0);
+}
+
+#[tokio::test]
+async fn a_lying_source_is_refused_and_leaves_nothing_visible() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ContentStore::open(dir.path()).expect("open");
+    let claimed = Digest::of(b"what the manifest promised");
+    let served = b"something else entirely...".to_vec();
+    let err = store
+        .ingest(&claimed, served.len() as u64, &Progress::default(), |o| serve(served.clone(), o, true))
+        .await
+        .expect_err("digest lies");
+    assert!(matches!(err, ContentError::DigestMismatch { .. }), "{err}");
+    assert!(!store.contains(&claimed));
+    assert_eq!(fs::read_dir(dir.path().join("ingest")).expect("ingest dir").count(), 0);
+
+    let err = store
+        .ingest(&claimed, 3, &Progress::default(), |o| serve(served.clone(), o, true))
+        .await
+        .expect_err("longer than the descriptor");
+    assert!(matches!(err, ContentError::SizeMismatch { .. }), "{err}");
+    assert!(!store.contains(&claimed));
+}
+
+#[tokio::test]
+async fn an_interrupted_download_is_resumed_by_the_next_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ContentStore::open(dir.path()).expect("open");
+    let data: Vec<u8> = (0..10_000u32).flat_map(u32::to_le_bytes).collect();
+    let digest = Digest::of(&data);
+    let size = data.len() as u64;
+
+    // First attempt: the connection drops after 1000 bytes.
+    let cut = data[..1000].to_vec();
+    let err = store
+        .ingest(&digest, size, &Progress::default(), |_| async move {
+            Ok::<_, String>(FetchedStream { stream: chunks(&cut, 100), resumed: true })
+        })
+        .await
+        .expect_err("short");
+    assert!(matches!(err, ContentError::SizeMismatch { .. }));
+    assert!(!store.contains(&digest), "a partial blob is never visible");
+
+    // Second attempt asks for the rest only.
+    let asked = Arc::new(AtomicU64::new(u64::MAX));
+    let seen = Arc::clone(&asked);
+    store
+        .ingest(&digest, size, &Progress::default(), |offset| {
+            seen.store(offset, Ordering::Relaxed);
+            serve(data.clone(), offset, true)
+        })
+        .await
+        .expect("resumed");
+    assert_eq!(asked.load(Ordering::Relaxed), 1000);
+    assert_eq!(fs::read(store.blob_path(&digest)).expect("read"), data);
+}
+
+#[tokio::test]
+async fn a_source_that_cannot_resume_restarts_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ContentStore::open(dir.path()).expect("open");
+    let data = b"0123456789".repeat(50);
+    let digest = Digest::of(&data);
+    fs::write(dir.path().join("ingest").join(digest.hex()), &data[..123]).expect("partial");
+    store
+        .ingest(&digest, data.len() as u64, &Progress::default(), |o| serve(data.clone(), o, false))
+        .await
+        .expect("restarted");
+    assert_eq!(fs::read(store.blob_path(&digest)).expect("read"), data);
+}
+
+#[tokio::test]
+async fn concurrent_ingests_fetch_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(ContentStore::open(dir.path()).expect("open"));
+    let data = Arc::new(b"shared layer".repeat(1000));
+    let digest = Digest::of(&data);
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (store, data, digest, fetches) =
+            (Arc::clone(&store), Arc::clone(&data), digest.clone(), Arc::clone(&fetches));
+        tasks.push(tokio::spawn(async move {
+            store
+                .ingest(&digest, data.len() as u64, &Progress::default(), |offset| {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    serve(data.to_vec(), offset, true)
+                })
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.expect("join").expect("ingest");
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    assert!(store.ingesting.lock().expect("lock").is_empty(), "locks are released");
+}
+
+#[test]
+fn write_bytes_checks_the_digest_and_delete_is_idempotent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ContentStore::open(dir.path()).expect("open");
+    let digest = Digest::of(b"{}");
+    store.write_bytes(&digest, b"{}").expect("write");
+    assert_eq!(store.read(&digest).expect("read"), b"{}");
+    let err = store.write_bytes(&Digest::of(b"x"), b"y").expect_err("mismatch");
+    assert!(matches!(err, ContentError::DigestMismatch { .. }));
+    store.delete(&digest).expect("delete");
+    store.delete(&digest).expect("delete again");
+    assert!(matches!(store.read(&digest), Err(ContentError::NotFound(_))));
+}
