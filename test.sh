@@ -18,7 +18,7 @@ echo "== cargo test (unit + e2e)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --locked --workspace 2>&1 | tee "$log" || status=$?
+cargo test --locked --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }
      END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"

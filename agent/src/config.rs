@@ -28,6 +28,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// Container runtime settings.
     pub runtime: RuntimeConfig,
+    /// Registries: mirrors, TLS, credentials.
+    pub registry: RegistryConfig,
+    /// The image store.
+    pub images: ImagesConfig,
 }
 
 /// `[log]`: logging settings.
@@ -59,6 +63,29 @@ pub struct ServerConfig {
 pub struct RuntimeConfig {
     /// Which cgroup manager crius uses, reported to kubelet by `RuntimeConfig`.
     pub cgroup_driver: CgroupDriver,
+}
+
+/// `[registry]`: how images are fetched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// containerd-style `hosts.toml` directory: `<config_path>/<registry>/hosts.toml`
+    /// names mirrors, plain-HTTP servers, CA files and `skip_verify`.
+    pub config_path: PathBuf,
+    /// A docker `config.json` whose `auths` are used when a pull carries no credentials.
+    pub auth_file: Option<PathBuf>,
+}
+
+/// `[images]`: the image store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// A pull that receives no data for this long is cancelled.
+    pub pull_progress_timeout_secs: u64,
+    /// Largest total of uncompressed bytes one layer may unpack to.
+    pub max_layer_unpacked_bytes: u64,
+    /// Images kubelet's garbage collection must never remove (references as pulled).
+    pub pinned_images: Vec<String>,
 }
 
 /// Log severity threshold.
@@ -106,7 +133,21 @@ impl Default for Config {
             log: LogConfig::default(),
             server: ServerConfig::default(),
             runtime: RuntimeConfig::default(),
+            registry: RegistryConfig::default(),
+            images: ImagesConfig::default(),
         }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self { config_path: PathBuf::from("/etc/crius/certs.d"), auth_file: None }
+    }
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        Self { pull_progress_timeout_secs: 60, max_layer_unpacked_bytes: 64 << 30, pinned_images: Vec::new() }
     }
 }
 
@@ -231,6 +272,27 @@ impl Config {
                 key: "server.socket_gid",
                 value: self.server.socket_gid.to_string(),
                 allowed: "-1 (keep crius's group) or a group id".into(),
+            });
+        }
+        if self.images.pull_progress_timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "images.pull_progress_timeout_secs",
+                value: "0".into(),
+                allowed: "a number of seconds greater than 0".into(),
+            });
+        }
+        if self.images.max_layer_unpacked_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                key: "images.max_layer_unpacked_bytes",
+                value: "0".into(),
+                allowed: "a number of bytes greater than 0".into(),
+            });
+        }
+        if !self.registry.config_path.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "registry.config_path",
+                value: format!("{:?}", self.registry.config_path.display().to_string()),
+                allowed: "an absolute path".into(),
             });
         }
         if self.runtime.cgroup_driver == CgroupDriver::Systemd && !systemd_is_running() {

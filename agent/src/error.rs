@@ -3,6 +3,8 @@
 //! Handlers return [`AgentError`]; [`status`] is the only place that decides
 //! which gRPC code a failure becomes.
 
+use crius_images::store::{ErrorKind as ImageErrorKind, ImageError};
+
 use crate::store::StoreError;
 
 /// A failed RPC.
@@ -33,6 +35,9 @@ pub enum AgentError {
     /// The state store failed.
     #[error("state store")]
     Store(#[from] StoreError),
+    /// The image store or a registry failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
 }
 
 /// Converts an agent error into the gRPC status returned to the client.
@@ -44,6 +49,13 @@ pub fn status(error: &AgentError) -> tonic::Status {
         AgentError::NotFound { .. } => tonic::Status::not_found(message),
         AgentError::Unsupported { .. } => tonic::Status::unimplemented(message),
         AgentError::Store(_) => tonic::Status::internal(message),
+        AgentError::Image(e) => match e.kind() {
+            ImageErrorKind::NotFound => tonic::Status::not_found(message),
+            ImageErrorKind::InvalidArgument => tonic::Status::invalid_argument(message),
+            ImageErrorKind::Unauthenticated => tonic::Status::unauthenticated(message),
+            ImageErrorKind::Unavailable => tonic::Status::unavailable(message),
+            ImageErrorKind::Internal => tonic::Status::internal(message),
+        },
     }
 }
 

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod cri;
 pub mod error;
+pub mod image_index;
 pub mod logging;
 pub mod server;
 pub mod store;

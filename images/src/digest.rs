@@ -140,8 +140,7 @@ mod tests {
     #[test]
     fn parsing_is_strict() {
         assert_eq!(EMPTY.parse::<Digest>().expect("valid").to_string(), EMPTY);
-        for bad in ["", "sha256", "sha512:00", "sha256:XYZ", &EMPTY.to_uppercase(), &format!("{EMPTY}0"), "md5:abc"]
-        {
+        for bad in ["", "sha256", "sha512:00", "sha256:XYZ", &EMPTY.to_uppercase(), &format!("{EMPTY}0"), "md5:abc"] {
             assert!(bad.parse::<Digest>().is_err(), "{bad} accepted");
         }
     }

@@ -9,9 +9,11 @@
 pub mod content;
 pub mod digest;
 pub mod layers;
+pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod snapshot;
+pub mod store;
 pub mod unpack;
 
 pub use digest::{Digest, DigestError};

@@ -7,6 +7,7 @@
 //! names the RPC.
 
 pub mod ids;
+mod images;
 mod runtime_config;
 mod status;
 mod version;
@@ -16,29 +17,54 @@ use std::sync::Arc;
 use cri_api::v1::image_service_server::ImageService;
 use cri_api::v1::runtime_service_server::RuntimeService;
 use cri_api::v1::{
+    ImageFsInfoRequest, ImageFsInfoResponse, ImageStatusRequest, ImageStatusResponse, ListImagesRequest,
+    ListImagesResponse, PullImageRequest, PullImageResponse, RemoveImageRequest, RemoveImageResponse,
     RuntimeConfigRequest, RuntimeConfigResponse, StatusRequest, StatusResponse, UpdateRuntimeConfigRequest,
     UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
 };
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crius_images::store::ImageStore;
 
 use crate::config::Config;
 use crate::error::AgentError;
 use crate::store::StateStore;
 
-/// What every handler can reach: the effective config and the state store.
+/// What every handler can reach: the effective config, the state store and
+/// the image store.
 #[derive(Debug)]
 pub struct AgentState {
     /// The effective configuration.
     pub config: Config,
     /// The durable state store.
     pub store: StateStore,
+    /// Images: content, layers, snapshots, registries.
+    pub images: ImageStore,
 }
 
 impl AgentState {
-    /// Bundles the config and the opened store.
-    pub fn new(config: Config, store: StateStore) -> Self {
-        Self { config, store }
+    /// Bundles the config and the opened stores.
+    pub fn new(config: Config, store: StateStore, images: ImageStore) -> Self {
+        Self { config, store, images }
     }
+}
+
+/// A state on throwaway directories under `dir`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_state(dir: &std::path::Path) -> AgentState {
+    let config = Config {
+        root: dir.join("root"),
+        run_root: dir.join("run"),
+        socket: dir.join("run/crius.sock"),
+        ..Config::default()
+    };
+    for path in [&config.root, &config.run_root] {
+        std::fs::create_dir_all(path).expect("state dirs");
+    }
+    let store = StateStore::open(&config.root).expect("state store");
+    let images = ImageStore::open(crate::server::image_store_config(&config)).expect("image store");
+    AgentState::new(config, store, images)
 }
 
 /// The tonic service object: a cheap handle on the shared state.
@@ -102,7 +128,44 @@ impl RuntimeService for CriService {
     }
 }
 
-/// Every image RPC is still the generated default (Unimplemented, named by
-/// the boundary layer) until the image service lands.
 #[tonic::async_trait]
-impl ImageService for CriService {}
+impl ImageService for CriService {
+    async fn list_images(&self, request: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
+        self.blocking(request, images::list_images).await
+    }
+
+    async fn image_status(
+        &self,
+        request: Request<ImageStatusRequest>,
+    ) -> Result<Response<ImageStatusResponse>, Status> {
+        self.blocking(request, images::image_status).await
+    }
+
+    async fn pull_image(&self, request: Request<PullImageRequest>) -> Result<Response<PullImageResponse>, Status> {
+        let request = request.into_inner();
+        ids::record(&request);
+        let state = Arc::clone(&self.state);
+        let span = tracing::Span::current();
+        // The pull runs to completion even if kubelet gives up waiting: its
+        // retry then finds the blobs in place.
+        let pull = tokio::spawn(async move { images::pull_image(&state, request).await }.instrument(span));
+        match pull.await {
+            Ok(result) => result.map(Response::new).map_err(Status::from),
+            Err(e) => Err(Status::internal(format!("pull task failed: {e}"))),
+        }
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
+        self.blocking(request, images::remove_image).await
+    }
+
+    async fn image_fs_info(
+        &self,
+        request: Request<ImageFsInfoRequest>,
+    ) -> Result<Response<ImageFsInfoResponse>, Status> {
+        self.blocking(request, |state, _| images::image_fs_info(state)).await
+    }
+}

@@ -73,8 +73,6 @@ mod tests {
     use cri_api::v1::{NetworkConfig, RuntimeConfig};
 
     use super::*;
-    use crate::config::Config;
-    use crate::store::StateStore;
 
     fn update(pod_cidr: &str) -> UpdateRuntimeConfigRequest {
         UpdateRuntimeConfigRequest {
@@ -95,7 +93,7 @@ mod tests {
     #[test]
     fn pod_cidr_is_persisted_and_bad_input_changes_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = AgentState::new(Config::default(), StateStore::open(dir.path()).expect("store"));
+        let state = crate::cri::test_state(dir.path());
         update_runtime_config(&state, update("10.244.1.0/24")).expect("update");
         assert_eq!(state.store.setting(POD_CIDR_SETTING).expect("read").as_deref(), Some("10.244.1.0/24"));
         update_runtime_config(&state, update("garbage")).expect_err("invalid");
@@ -107,7 +105,7 @@ mod tests {
     #[test]
     fn reports_the_configured_cgroup_driver() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = AgentState::new(Config::default(), StateStore::open(dir.path()).expect("store"));
+        let state = crate::cri::test_state(dir.path());
         let response = runtime_config(&state, &RuntimeConfigRequest {});
         assert_eq!(response.linux.expect("linux").cgroup_driver, CriCgroupDriver::Cgroupfs as i32);
     }

@@ -86,14 +86,9 @@ fn condition(kind: &str, status: bool, reason: &str, message: String) -> Runtime
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::store::StateStore;
 
     fn state(root: &Path) -> AgentState {
-        let config = Config { root: root.join("root"), run_root: root.join("run"), ..Config::default() };
-        std::fs::create_dir_all(&config.run_root).expect("run root");
-        let store = StateStore::open(&config.root).expect("store");
-        AgentState::new(config, store)
+        crate::cri::test_state(root)
     }
 
     #[test]

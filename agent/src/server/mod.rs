@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use cri_api::v1::image_service_server::ImageServiceServer;
 use cri_api::v1::runtime_service_server::RuntimeServiceServer;
+use crius_images::store::{ImageError, ImageStore, ImageStoreConfig};
+use crius_images::unpack::UnpackLimits;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -38,6 +40,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The image store could not be opened.
+    #[error("open image store")]
+    Images(#[from] ImageError),
     /// Signal handlers could not be installed.
     #[error("install signal handlers")]
     Signals(#[source] std::io::Error),
@@ -58,10 +63,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     let store = StateStore::open(&config.root)?;
     tracing::info!(path = %store.path().display(), schema = crate::store::SCHEMA_VERSION, "state store open");
+    let images = ImageStore::open(image_store_config(&config))?;
 
     let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
     let socket_path = config.socket.clone();
-    let state = Arc::new(AgentState::new(config, store));
+    let state = Arc::new(AgentState::new(config, store, images));
     let service = CriService::new(state);
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -94,6 +100,19 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     result?;
     tracing::info!("crius stopped; pods and containers keep running");
     Ok(())
+}
+
+/// Where images and container layers live, and how pulls behave.
+pub fn image_store_config(config: &Config) -> ImageStoreConfig {
+    ImageStoreConfig {
+        root: config.root.join("images"),
+        containers_root: config.root.join("snapshots"),
+        hosts_dir: Some(config.registry.config_path.clone()),
+        auth_file: config.registry.auth_file.clone(),
+        progress_timeout: Duration::from_secs(config.images.pull_progress_timeout_secs),
+        progress_interval: Duration::from_secs(5),
+        unpack_limits: UnpackLimits { max_bytes: config.images.max_layer_unpacked_bytes, ..UnpackLimits::default() },
+    }
 }
 
 /// Flips `stop` on the first SIGTERM or SIGINT.

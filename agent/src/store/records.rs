@@ -144,6 +144,9 @@ pub struct ContainerRecord {
     /// Annotations.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// Layer chain ids of the container's rootfs: kept while the container exists.
+    #[serde(default)]
+    pub image_layers: Vec<String>,
     /// The original request config, for status and restart.
     #[serde(default)]
     pub config: serde_json::Value,
@@ -166,6 +169,18 @@ pub struct ImageRecord {
     /// Pinned images are never garbage collected.
     #[serde(default)]
     pub pinned: bool,
+    /// Digest of the manifest the image was pulled as (platform-specific).
+    #[serde(default)]
+    pub manifest_digest: String,
+    /// Layer chain ids, bottom first: the rootfs lowerdirs.
+    #[serde(default)]
+    pub layers: Vec<String>,
+    /// Every blob the image needs kept: index, manifest, config, layers.
+    #[serde(default)]
+    pub blobs: Vec<String>,
+    /// The config's `User` (`name`, `uid`, `uid:gid`, `name:group`).
+    #[serde(default)]
+    pub user: String,
 }
 
 impl Record for PodRecord {

@@ -35,6 +35,7 @@ fn container(id: &str, pod_id: &str) -> ContainerRecord {
         exit_code: 0,
         labels: BTreeMap::new(),
         annotations: BTreeMap::new(),
+        image_layers: Vec::new(),
         config: serde_json::Value::Null,
     }
 }
@@ -63,6 +64,10 @@ fn records_round_trip_and_survive_reopen() {
                 repo_digests: vec![],
                 size: 10,
                 pinned: false,
+                manifest_digest: String::new(),
+                layers: Vec::new(),
+                blobs: Vec::new(),
+                user: String::new(),
             })
             .expect("put");
     }

@@ -1,1 +1,324 @@
-//! Safe layer unpacking (filled by the unpack work).
+//! Safe layer unpacking: turns one OCI/Docker layer tarball into a directory
+//! that can serve as an overlayfs lower (or upper) layer.
+//!
+//! Every filesystem operation happens relative to a directory fd obtained
+//! with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)` below the
+//! destination, plus one final path component that is never followed. An
+//! entry whose path (or hardlink target) would resolve outside the
+//! destination is refused, so nothing outside it is ever created, modified
+//! or chowned. Symlinks may point anywhere, but a later entry can only go
+//! through relative symlinks that stay inside: absolute symlinks (even
+//! `lib -> /usr/lib`) are not followed while resolving entry paths.
+//!
+//! Whiteouts are converted to the overlayfs form: `.wh.NAME` becomes a 0:0
+//! character device `NAME`, `.wh..wh..opq` becomes the
+//! `trusted.overlay.opaque=y` xattr on its directory, and other `.wh..wh.*`
+//! (aufs metadata) entries are skipped.
+//!
+//! Replacement rules: a later entry with the same path replaces the earlier
+//! one. A directory over a directory only updates its metadata; any other
+//! entry over a directory removes that directory tree first (beneath the
+//! destination, never following symlinks).
+//!
+//! Xattrs named `trusted.overlay.*` in the layer are skipped: only whiteout
+//! conversion may set overlayfs metadata.
+
+mod entry;
+mod path;
+mod resolve;
+mod whiteout;
+
+#[cfg(test)]
+mod tests;
+
+use std::cell::Cell;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use rustix::fs::{Mode, OFlags};
+
+use crate::digest::{Digest, Hasher};
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// A plain tar stream.
+    None,
+    /// gzip (possibly several concatenated members).
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+impl Compression {
+    /// The compression of a layer with the given media type: Docker and OCI
+    /// layer media types, including `...tar`, `...tar+gzip`, `...tar+zstd`,
+    /// `application/vnd.docker.image.rootfs.diff.tar.gzip`, Docker foreign
+    /// layers and the OCI nondistributable variants.
+    pub fn from_media_type(media_type: &str) -> Result<Self, UnpackError> {
+        let compression = match media_type {
+            "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar" => Self::None,
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Self::Gzip,
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+            | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Self::Zstd,
+            other => return Err(UnpackError::UnsupportedMediaType { media_type: other.to_owned() }),
+        };
+        Ok(compression)
+    }
+}
+
+/// Bounds on what one layer may unpack to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Most decompressed bytes (the whole tar stream, headers included).
+    pub max_bytes: u64,
+    /// Most tar entries.
+    pub max_entries: u64,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        Self { max_bytes: 64 << 30, max_entries: 10_000_000 }
+    }
+}
+
+/// What one unpacked layer held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpackStats {
+    /// Tar entries processed.
+    pub entries: u64,
+    /// Decompressed bytes (the whole tar stream, trailing padding included).
+    pub bytes: u64,
+    /// The sha256 of the decompressed tar stream, as listed in the image
+    /// config's `rootfs.diff_ids`.
+    pub diff_id: Digest,
+}
+
+/// Why a layer could not be unpacked. The destination may then hold partial
+/// content; nothing outside it was touched.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// The layer's media type is not a known tar layer type.
+    #[error("unsupported layer media type {media_type:?}")]
+    UnsupportedMediaType {
+        /// The refused media type.
+        media_type: String,
+    },
+    /// The destination directory cannot be opened.
+    #[error("cannot open the unpack directory {path:?}")]
+    OpenDest {
+        /// The destination.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The compressed or tar stream is malformed or cannot be read.
+    #[error("cannot read the layer stream")]
+    Stream(#[source] io::Error),
+    /// The data of an entry cannot be read from the stream.
+    #[error("cannot read the data of entry {entry:?}")]
+    EntryData {
+        /// The entry name as found in the layer.
+        entry: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The decompressed stream is larger than [`UnpackLimits::max_bytes`].
+    #[error("layer exceeds the unpack limit of {limit} bytes")]
+    TooManyBytes {
+        /// The limit.
+        limit: u64,
+    },
+    /// The layer has more entries than [`UnpackLimits::max_entries`].
+    #[error("layer exceeds the unpack limit of {limit} entries")]
+    TooManyEntries {
+        /// The limit.
+        limit: u64,
+    },
+    /// An entry name is absolute, has a `..` component, is empty or has a NUL.
+    #[error("entry {entry:?} has an invalid name: {reason}")]
+    InvalidName {
+        /// The entry name as found in the layer.
+        entry: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A hardlink target is absolute, has a `..` component or is empty.
+    #[error("hardlink {entry:?} has an invalid target {target:?}: {reason}")]
+    InvalidLinkTarget {
+        /// The entry name as found in the layer.
+        entry: String,
+        /// The target as found in the layer.
+        target: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A header field cannot be parsed or holds an unusable value.
+    #[error("entry {entry:?} has an invalid {field} field")]
+    InvalidHeader {
+        /// The entry name as found in the layer.
+        entry: String,
+        /// The header field or PAX record.
+        field: &'static str,
+        /// What is wrong.
+        #[source]
+        source: io::Error,
+    },
+    /// The entry uses a PAX (GNU 0.x/1.0) sparse format, which is not
+    /// supported.
+    #[error("entry {entry:?} uses an unsupported pax sparse format")]
+    UnsupportedSparse {
+        /// The entry name as found in the layer.
+        entry: String,
+    },
+    /// An entry type this unpacker does not handle.
+    #[error("entry {entry:?} has unsupported type {kind:?}")]
+    UnsupportedType {
+        /// The entry name as found in the layer.
+        entry: String,
+        /// The tar type flag.
+        kind: char,
+    },
+    /// The entry's parent path goes through a symlink leading outside the
+    /// destination.
+    #[error("entry {entry:?} resolves outside the layer")]
+    Escape {
+        /// The entry name as found in the layer.
+        entry: String,
+    },
+    /// The hardlink's target goes through a symlink leading outside the
+    /// destination.
+    #[error("hardlink {entry:?} target {target:?} resolves outside the layer")]
+    LinkEscape {
+        /// The entry name as found in the layer.
+        entry: String,
+        /// The target as found in the layer.
+        target: String,
+    },
+    /// A filesystem operation for an entry failed.
+    #[error("cannot {op} for entry {entry:?}")]
+    Io {
+        /// The entry name as found in the layer (empty for the layer root).
+        entry: String,
+        /// What was being done.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Unpacks one layer into `dest` (an existing, empty directory). Blocking;
+/// callers run it in `spawn_blocking`.
+///
+/// The whole decompressed stream is read, including any padding after the
+/// tar end-of-archive blocks, so that [`UnpackStats::diff_id`] matches the
+/// image config. On error `dest` may hold partial content, which the caller
+/// removes.
+pub fn unpack_layer<R: Read>(
+    compressed: R,
+    compression: Compression,
+    dest: &Path,
+    limits: &UnpackLimits,
+) -> Result<UnpackStats, UnpackError> {
+    let root = rustix::fs::open(dest, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|errno| UnpackError::OpenDest { path: dest.to_owned(), source: errno.into() })?;
+    match compression {
+        Compression::None => unpack_stream(BufReader::with_capacity(STREAM_BUFFER, compressed), root, limits),
+        Compression::Gzip => unpack_stream(flate2::read::MultiGzDecoder::new(compressed), root, limits),
+        Compression::Zstd => {
+            let decoder = zstd::stream::read::Decoder::new(compressed).map_err(UnpackError::Stream)?;
+            unpack_stream(decoder, root, limits)
+        }
+    }
+}
+
+const STREAM_BUFFER: usize = 64 * 1024;
+
+fn unpack_stream<D: Read>(
+    decompressed: D,
+    root: rustix::fd::OwnedFd,
+    limits: &UnpackLimits,
+) -> Result<UnpackStats, UnpackError> {
+    let exceeded = Rc::new(Cell::new(false));
+    let reader = LimitedReader {
+        inner: decompressed,
+        hasher: Hasher::new(),
+        max_bytes: limits.max_bytes,
+        exceeded: Rc::clone(&exceeded),
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut unpacker = entry::Unpacker::new(root, StreamErrors { exceeded, max_bytes: limits.max_bytes });
+    let mut entries = 0u64;
+    for item in archive.entries().map_err(|e| unpacker.errors.stream(e))? {
+        let mut item = item.map_err(|e| unpacker.errors.stream(e))?;
+        entries += 1;
+        if entries > limits.max_entries {
+            return Err(UnpackError::TooManyEntries { limit: limits.max_entries });
+        }
+        unpacker.apply(&mut item)?;
+    }
+    let mut reader = archive.into_inner();
+    io::copy(&mut reader, &mut io::sink()).map_err(|e| unpacker.errors.stream(e))?;
+    unpacker.finish()?;
+    let bytes = reader.hasher.len();
+    Ok(UnpackStats { entries, bytes, diff_id: reader.hasher.finish() })
+}
+
+/// Maps stream read errors, telling a hit limit apart from a broken stream.
+#[derive(Debug, Clone)]
+struct StreamErrors {
+    exceeded: Rc<Cell<bool>>,
+    max_bytes: u64,
+}
+
+impl StreamErrors {
+    fn limit_hit(&self) -> Option<UnpackError> {
+        self.exceeded.get().then_some(UnpackError::TooManyBytes { limit: self.max_bytes })
+    }
+
+    fn stream(&self, source: io::Error) -> UnpackError {
+        self.limit_hit().unwrap_or(UnpackError::Stream(source))
+    }
+
+    fn entry_data(&self, entry: &str, source: io::Error) -> UnpackError {
+        self.limit_hit().unwrap_or_else(|| UnpackError::EntryData { entry: entry.to_owned(), source })
+    }
+}
+
+/// Hashes and counts the decompressed stream, failing once it grows past
+/// the limit (so a decompression bomb stops early).
+struct LimitedReader<R> {
+    inner: R,
+    hasher: Hasher,
+    max_bytes: u64,
+    exceeded: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for LimitedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.exceeded.get() {
+            return Err(io::Error::other(format!("layer exceeds the unpack limit of {} bytes", self.max_bytes)));
+        }
+        // Ask for at most one byte past the limit: enough to notice it.
+        let room = self.max_bytes.saturating_sub(self.hasher.len()).saturating_add(1);
+        let want = usize::try_from(room).unwrap_or(usize::MAX).min(buf.len());
+        let n = self.inner.read(&mut buf[..want])?;
+        if self.hasher.len().saturating_add(n as u64) > self.max_bytes {
+            self.exceeded.set(true);
+            return Err(io::Error::other(format!("layer exceeds the unpack limit of {} bytes", self.max_bytes)));
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}

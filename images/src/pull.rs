@@ -1,0 +1,321 @@
+//! Pulling an image: resolve the reference, pick the platform manifest,
+//! fetch the config, then download and unpack every layer that the layer
+//! store lacks, each blob verified before use.
+//!
+//! Layers download and unpack concurrently (each layer directory is
+//! independent of its parents). A watchdog logs progress and cancels a pull
+//! that receives nothing for the configured time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use futures_util::{StreamExt, TryStreamExt, stream};
+use oci_spec::image::{Descriptor, ImageManifest};
+
+use crate::content::{ContentError, FetchedStream, Progress};
+use crate::digest::Digest;
+use crate::layers::{LayerInfo, Unpacked, chain_ids};
+use crate::reference::Reference;
+use crate::registry::manifest::parse_config;
+use crate::registry::{Credentials, DockerConfig, Manifest, Resolved, select_platform};
+use crate::store::{ImageError, ImageStore, Pulled};
+use crate::unpack::{Compression, unpack_layer};
+
+/// Layers downloaded at the same time by one pull.
+const PARALLEL_LAYERS: usize = 3;
+
+/// A pull in progress, for logs and metrics.
+#[derive(Debug)]
+pub struct PullProgress {
+    /// The image.
+    pub reference: String,
+    /// Bytes received.
+    pub bytes: Progress,
+    /// Sum of the layer and config sizes, once the manifest is known.
+    pub bytes_total: AtomicU64,
+    /// Layers in place (unpacked now or before).
+    pub layers_done: AtomicUsize,
+    /// Layers of the image.
+    pub layers_total: AtomicUsize,
+    /// Unpacks running right now (they make progress without receiving bytes).
+    pub unpacking: AtomicUsize,
+}
+
+impl PullProgress {
+    fn new(reference: &Reference) -> Self {
+        Self {
+            reference: reference.to_string(),
+            bytes: Progress::default(),
+            bytes_total: AtomicU64::new(0),
+            layers_done: AtomicUsize::new(0),
+            layers_total: AtomicUsize::new(0),
+            unpacking: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// The platform crius runs: `linux` and the Go name of the CPU architecture.
+pub fn host_platform() -> (&'static str, &'static str) {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    ("linux", arch)
+}
+
+impl ImageStore {
+    /// Pulls `reference`. `credentials` come from the request; without them
+    /// the configured docker `config.json` is consulted, then anonymous.
+    pub async fn pull(&self, reference: &Reference, credentials: Option<Credentials>) -> Result<Pulled, ImageError> {
+        let credentials = match credentials {
+            Some(credentials) => credentials,
+            None => self.file_credentials(reference),
+        };
+        let progress = Arc::new(PullProgress::new(reference));
+        let id = self.next_pull.fetch_add(1, Ordering::Relaxed);
+        self.lock_pulls().insert(id, Arc::clone(&progress));
+        let result = tokio::select! {
+            result = self.pull_inner(reference, &credentials, &progress) => result,
+            stalled = self.watchdog(&progress) => Err(stalled),
+        };
+        self.lock_pulls().remove(&id);
+        result
+    }
+
+    /// Pulls in progress right now.
+    pub fn active_pulls(&self) -> Vec<Arc<PullProgress>> {
+        self.lock_pulls().values().cloned().collect()
+    }
+
+    fn lock_pulls(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<PullProgress>>> {
+        self.pulls.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn file_credentials(&self, reference: &Reference) -> Credentials {
+        let Some(path) = &self.config.auth_file else { return Credentials::Anonymous };
+        match DockerConfig::load(path) {
+            Ok(config) => config.credentials_for(&reference.registry).unwrap_or(Credentials::Anonymous),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read registry auth file; pulling anonymously");
+                Credentials::Anonymous
+            }
+        }
+    }
+
+    async fn pull_inner(
+        &self,
+        reference: &Reference,
+        credentials: &Credentials,
+        progress: &PullProgress,
+    ) -> Result<Pulled, ImageError> {
+        let name = reference.to_string();
+        let registry_err = |source| ImageError::Registry { reference: name.clone(), source: Box::new(source) };
+        let manifest_err = |reason: String| ImageError::Manifest { reference: name.clone(), reason };
+        let resolved = self.registry.resolve(reference, credentials).await.map_err(registry_err)?;
+        let mut blobs = Vec::new();
+        let (resolved, manifest) = match resolved.manifest().map_err(|e| manifest_err(e.to_string()))? {
+            Manifest::Image(manifest) => (resolved, *manifest),
+            Manifest::Index(index) => {
+                self.store_bytes(&name, &resolved)?;
+                blobs.push(resolved.digest.clone());
+                let (os, arch) = host_platform();
+                let descriptor = select_platform(&index, os, arch, None).ok_or_else(|| ImageError::NoPlatform {
+                    reference: name.clone(),
+                    platform: format!("{os}/{arch}"),
+                })?;
+                let digest = parse_digest(&name, descriptor.digest().as_ref())?;
+                let platform_manifest =
+                    self.registry.fetch_manifest(reference, &digest, credentials).await.map_err(registry_err)?;
+                match platform_manifest.manifest().map_err(|e| manifest_err(e.to_string()))? {
+                    Manifest::Image(manifest) => (platform_manifest, *manifest),
+                    Manifest::Index(_) => return Err(manifest_err("an index entry points at another index".into())),
+                }
+            }
+        };
+        self.store_bytes(&name, &resolved)?;
+        blobs.push(resolved.digest.clone());
+
+        let config_digest = parse_digest(&name, manifest.config().digest().as_ref())?;
+        let total: u64 = manifest.layers().iter().map(Descriptor::size).sum::<u64>() + manifest.config().size();
+        progress.bytes_total.store(total, Ordering::Relaxed);
+        progress.layers_total.store(manifest.layers().len(), Ordering::Relaxed);
+        self.fetch_blob(reference, credentials, &config_digest, manifest.config().size(), progress).await?;
+        blobs.push(config_digest.clone());
+        let config_bytes = self.content.read(&config_digest).map_err(ImageError::Storage)?;
+        let config = parse_config(&config_bytes).map_err(|e| manifest_err(e.to_string()))?;
+        let diff_ids =
+            config.rootfs().diff_ids().iter().map(|d| parse_digest(&name, d)).collect::<Result<Vec<_>, _>>()?;
+        if diff_ids.len() != manifest.layers().len() {
+            return Err(manifest_err(format!(
+                "manifest has {} layers but the config lists {} diff ids",
+                manifest.layers().len(),
+                diff_ids.len()
+            )));
+        }
+        let chains = chain_ids(&diff_ids);
+        let layers = self.fetch_layers(reference, credentials, &manifest, &diff_ids, &chains, progress).await?;
+        for layer in manifest.layers() {
+            blobs.push(parse_digest(&name, layer.digest().as_ref())?);
+        }
+        let user = config.config().as_ref().and_then(|c| c.user().clone()).unwrap_or_default();
+        Ok(Pulled {
+            id: config_digest,
+            manifest_digest: resolved.digest,
+            size: layers.iter().map(|l| l.size).sum(),
+            chain_ids: chains,
+            blobs,
+            user,
+        })
+    }
+
+    async fn fetch_layers(
+        &self,
+        reference: &Reference,
+        credentials: &Credentials,
+        manifest: &ImageManifest,
+        diff_ids: &[Digest],
+        chains: &[Digest],
+        progress: &PullProgress,
+    ) -> Result<Vec<LayerInfo>, ImageError> {
+        // Futures collected first: a closure in the stream's type would make
+        // the pull future fail the `Send` check (rustc's higher-ranked lifetimes).
+        let mut jobs = Vec::with_capacity(chains.len());
+        for ((descriptor, diff_id), chain_id) in manifest.layers().iter().zip(diff_ids).zip(chains) {
+            jobs.push(self.fetch_layer(reference, credentials, descriptor, diff_id, chain_id, progress));
+        }
+        stream::iter(jobs).buffered(PARALLEL_LAYERS).try_collect().await
+    }
+
+    async fn fetch_layer(
+        &self,
+        reference: &Reference,
+        credentials: &Credentials,
+        descriptor: &Descriptor,
+        diff_id: &Digest,
+        chain_id: &Digest,
+        progress: &PullProgress,
+    ) -> Result<LayerInfo, ImageError> {
+        let name = reference.to_string();
+        if let Some(info) = self.layers.info(chain_id).map_err(ImageError::Layers)? {
+            progress.layers_done.fetch_add(1, Ordering::Relaxed);
+            return Ok(info);
+        }
+        let compression = Compression::from_media_type(descriptor.media_type().as_ref())
+            .map_err(|source| ImageError::Unpack { reference: name.clone(), source })?;
+        let digest = parse_digest(&name, descriptor.digest().as_ref())?;
+        let blob = self.fetch_blob(reference, credentials, &digest, descriptor.size(), progress).await?;
+
+        let layers = Arc::clone(&self.layers);
+        let (chain_id, diff_id, limits) = (chain_id.clone(), diff_id.clone(), self.config.unpack_limits.clone());
+        progress.unpacking.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let unpacked = tokio::task::spawn_blocking(move || {
+            layers.add(&chain_id, &diff_id, |dir| {
+                let file = std::fs::File::open(&blob).map_err(|e| format!("open blob {}: {e}", blob.display()))?;
+                let reader = std::io::BufReader::with_capacity(1 << 20, file);
+                let stats = unpack_layer(reader, compression, dir, &limits).map_err(|e| error_chain(&e))?;
+                Ok::<_, String>(Unpacked { diff_id: stats.diff_id, size: stats.bytes })
+            })
+        })
+        .await;
+        progress.unpacking.fetch_sub(1, Ordering::Relaxed);
+        let info = unpacked
+            .map_err(|e| ImageError::Task(e.to_string()))?
+            .map_err(|source| ImageError::Layer { reference: name, source })?;
+        let secs = started.elapsed().as_secs_f64();
+        tracing::debug!(layer = %info.chain_id, bytes = info.size, mb_per_s = info.size as f64 / 1e6 / secs.max(1e-6), "layer unpacked");
+        progress.layers_done.fetch_add(1, Ordering::Relaxed);
+        Ok(info)
+    }
+
+    /// Downloads a blob into the content store (once, resuming a partial download).
+    async fn fetch_blob(
+        &self,
+        reference: &Reference,
+        credentials: &Credentials,
+        digest: &Digest,
+        size: u64,
+        progress: &PullProgress,
+    ) -> Result<std::path::PathBuf, ImageError> {
+        // The fetch future owns what it uses, so the pull future stays `Send`.
+        let registry = self.registry.clone();
+        let (owned_reference, owned_digest, owned_credentials) =
+            (reference.clone(), digest.clone(), credentials.clone());
+        self.content
+            .ingest(digest, size, &progress.bytes, move |offset| async move {
+                let response = registry.fetch_blob(&owned_reference, &owned_digest, offset, &owned_credentials).await?;
+                let resumed = offset == 0 || response.partial;
+                Ok(FetchedStream { stream: response.stream, resumed })
+            })
+            .await
+            .map_err(|source| match source {
+                ContentError::Io { .. } | ContentError::NotFound(_) => ImageError::Storage(source),
+                _ => ImageError::Content { reference: reference.to_string(), source },
+            })
+    }
+
+    fn store_bytes(&self, name: &str, resolved: &Resolved) -> Result<(), ImageError> {
+        self.content
+            .write_bytes(&resolved.digest, &resolved.bytes)
+            .map_err(|source| ImageError::Content { reference: name.to_owned(), source })
+    }
+
+    /// Logs progress every `progress_interval`; returns the error that
+    /// cancels the pull once nothing moved for `progress_timeout`.
+    async fn watchdog(&self, progress: &PullProgress) -> ImageError {
+        let mut last_bytes = 0;
+        let mut last_layers = 0;
+        let mut last_change = Instant::now();
+        let mut last_log = Instant::now();
+        let tick = self
+            .config
+            .progress_interval
+            .min(self.config.progress_timeout / 4)
+            .max(std::time::Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(tick).await;
+            let bytes = progress.bytes.bytes_done.load(Ordering::Relaxed);
+            let layers = progress.layers_done.load(Ordering::Relaxed);
+            if bytes != last_bytes || layers != last_layers || progress.unpacking.load(Ordering::Relaxed) > 0 {
+                (last_bytes, last_layers, last_change) = (bytes, layers, Instant::now());
+            } else if last_change.elapsed() >= self.config.progress_timeout {
+                tracing::warn!(image = %progress.reference, bytes, "pull made no progress; cancelling");
+                return ImageError::Stalled {
+                    reference: progress.reference.clone(),
+                    secs: self.config.progress_timeout.as_secs(),
+                };
+            }
+            if last_log.elapsed() >= self.config.progress_interval {
+                last_log = Instant::now();
+                tracing::info!(
+                    image = %progress.reference,
+                    bytes_done = bytes,
+                    bytes_total = progress.bytes_total.load(Ordering::Relaxed),
+                    layers_done = layers,
+                    layers_total = progress.layers_total.load(Ordering::Relaxed),
+                    "pull progress"
+                );
+            }
+        }
+    }
+}
+
+fn parse_digest(reference: &str, text: &str) -> Result<Digest, ImageError> {
+    text.parse::<Digest>().map_err(|e| ImageError::Manifest { reference: reference.to_owned(), reason: e.to_string() })
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
