@@ -25,6 +25,7 @@ pub async fn pull_image(state: &AgentState, request: PullImageRequest) -> Result
     let spec = request.image.unwrap_or_default();
     let reference = parse_reference("image.image", &spec.image)?;
     let credentials = credentials(request.auth.as_ref())?;
+    let _no_gc = state.image_gc.read().await;
     let pulled = state.images.pull(&reference, credentials).await?;
     let pinned = state.config.images.pinned_images.iter().any(|p| p.parse::<Reference>().is_ok_and(|p| p == reference));
     let record = image_index::record_pull(&state.store, &reference, &pulled_image(&pulled), pinned)?;
@@ -76,17 +77,24 @@ pub fn remove_image(state: &AgentState, request: RemoveImageRequest) -> Result<R
     if query.trim().is_empty() {
         return Err(AgentError::InvalidArgument { field: "image.image", reason: "empty image reference".into() });
     }
+    let _gc = state.image_gc.blocking_write();
     let Some(record) = image_index::find(&state.store, &query)? else {
         return Ok(RemoveImageResponse {});
     };
     state.store.delete::<ImageRecord>(&record.id)?;
     tracing::info!(id = %record.id, tags = ?record.repo_tags, "image removed");
-    collect_garbage(state)?;
+    collect_garbage_locked(state)?;
     Ok(RemoveImageResponse {})
 }
 
-/// Deletes blobs and layers that no image and no container needs.
+/// Deletes blobs and layers that no image and no container needs (run at
+/// start, to finish what a crash interrupted). Blocking.
 pub fn collect_garbage(state: &AgentState) -> Result<(), AgentError> {
+    let _gc = state.image_gc.blocking_write();
+    collect_garbage_locked(state)
+}
+
+fn collect_garbage_locked(state: &AgentState) -> Result<(), AgentError> {
     let (blobs, layers) = image_index::keep_sets(&state.store)?;
     let parse = |set: std::collections::HashSet<String>| set.iter().filter_map(|d| d.parse::<Digest>().ok()).collect();
     let stats = state.images.collect_garbage(&parse(blobs), &parse(layers))?;

@@ -7,7 +7,7 @@
 //! names the RPC.
 
 pub mod ids;
-mod images;
+pub mod images;
 mod runtime_config;
 mod status;
 mod version;
@@ -41,12 +41,16 @@ pub struct AgentState {
     pub store: StateStore,
     /// Images: content, layers, snapshots, registries.
     pub images: ImageStore,
+    /// Pulls hold it shared from download until their record is written;
+    /// garbage collection holds it exclusively, so it never deletes what a
+    /// pull has fetched but not yet recorded.
+    pub image_gc: tokio::sync::RwLock<()>,
 }
 
 impl AgentState {
     /// Bundles the config and the opened stores.
     pub fn new(config: Config, store: StateStore, images: ImageStore) -> Self {
-        Self { config, store, images }
+        Self { config, store, images, image_gc: tokio::sync::RwLock::new(()) }
     }
 }
 

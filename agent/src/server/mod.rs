@@ -68,6 +68,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
     let socket_path = config.socket.clone();
     let state = Arc::new(AgentState::new(config, store, images));
+    let gc_state = Arc::clone(&state);
+    match tokio::task::spawn_blocking(move || crate::cri::images::collect_garbage(&gc_state)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %crate::error::chain(&e), "image garbage collection at start failed"),
+        Err(e) => tracing::warn!(error = %e, "image garbage collection at start failed"),
+    }
     let service = CriService::new(state);
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
