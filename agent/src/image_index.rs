@@ -20,6 +20,8 @@ pub struct PulledImage {
     pub id: String,
     /// The platform manifest's digest.
     pub manifest_digest: String,
+    /// The digest the reference resolved to (an index's, for multi-platform images).
+    pub resolved_digest: String,
     /// Uncompressed size.
     pub size: u64,
     /// Layer chain ids, bottom first.
@@ -39,7 +41,12 @@ pub fn record_pull(
     pinned: bool,
 ) -> Result<ImageRecord, StoreError> {
     let tag = reference.tagged();
-    let repo_digest = format!("{}@{}", reference.name(), pulled.manifest_digest);
+    // Both the digest the name resolved to (what a user pins, an index for
+    // multi-platform images) and the platform manifest's find the image.
+    let repo_digests = [
+        format!("{}@{}", reference.name(), pulled.resolved_digest),
+        format!("{}@{}", reference.name(), pulled.manifest_digest),
+    ];
     let mut batch = WriteBatch::default();
     let mut record = store.get::<ImageRecord>(&pulled.id)?.unwrap_or_else(|| ImageRecord {
         id: pulled.id.clone(),
@@ -61,7 +68,9 @@ pub fn record_pull(
         }
         push_unique(&mut record.repo_tags, tag);
     }
-    push_unique(&mut record.repo_digests, &repo_digest);
+    for repo_digest in &repo_digests {
+        push_unique(&mut record.repo_digests, repo_digest);
+    }
     record.size = pulled.size;
     record.manifest_digest.clone_from(&pulled.manifest_digest);
     record.layers.clone_from(&pulled.layers);
@@ -164,6 +173,7 @@ mod tests {
         PulledImage {
             id: id.into(),
             manifest_digest: M.into(),
+            resolved_digest: M.into(),
             size: 42,
             layers: vec!["sha256:l1".into()],
             blobs: vec![M.into(), id.into()],

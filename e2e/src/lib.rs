@@ -4,6 +4,13 @@
 //!
 //! The binary is `$CRIUS_BIN`, or `crius` in the same target directory as the
 //! test executable (`cargo build -p crius` first; the test command does).
+//!
+//! [`registry`] runs a real local registry and pushes test images to it;
+//! [`images`] has the helpers of the image service tests.
+#![warn(missing_docs)]
+
+pub mod images;
+pub mod registry;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -87,6 +87,8 @@ pub struct ContentStore {
     root: PathBuf,
     /// One lock per blob being ingested.
     ingesting: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Numbers temp files of `write_bytes`.
+    next_tmp: AtomicU64,
 }
 
 impl ContentStore {
@@ -95,7 +97,7 @@ impl ContentStore {
         for dir in [root.join("blobs/sha256"), root.join("ingest")] {
             fs::create_dir_all(&dir).map_err(|source| io("create", &dir, source))?;
         }
-        Ok(Self { root: root.to_path_buf(), ingesting: Mutex::new(HashMap::new()) })
+        Ok(Self { root: root.to_path_buf(), ingesting: Mutex::new(HashMap::new()), next_tmp: AtomicU64::new(0) })
     }
 
     /// Where a verified blob lives.
@@ -140,10 +142,17 @@ impl ContentStore {
         if self.contains(digest) {
             return Ok(());
         }
-        let ingest = self.root.join("ingest").join(format!("{}.{}", digest.hex(), std::process::id()));
+        // A name of its own per writer: concurrent writers of one blob must
+        // not share (and truncate, or rename away) each other's temp file.
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let ingest = self.root.join("ingest").join(format!("{}.{}.{n}.tmp", digest.hex(), std::process::id()));
         let mut file = File::create(&ingest).map_err(|source| io("create", &ingest, source))?;
-        file.write_all(data).map_err(|source| io("write", &ingest, source))?;
-        self.commit(file, &ingest, digest)
+        let written = file.write_all(data).map_err(|source| io("write", &ingest, source));
+        let result = written.and_then(|()| self.commit(file, &ingest, digest));
+        if result.is_err() {
+            let _ = fs::remove_file(&ingest);
+        }
+        result
     }
 
     /// Downloads a blob unless it is already stored, and returns its path.
@@ -160,7 +169,7 @@ impl ContentStore {
         fetch: F,
     ) -> Result<PathBuf, ContentError>
     where
-        F: FnOnce(u64) -> Fut,
+        F: FnMut(u64) -> Fut,
         Fut: Future<Output = Result<FetchedStream<S>, E>>,
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -182,18 +191,31 @@ impl ContentStore {
         digest: &Digest,
         size: u64,
         progress: &Progress,
-        fetch: F,
+        mut fetch: F,
     ) -> Result<(), ContentError>
     where
-        F: FnOnce(u64) -> Fut,
+        F: FnMut(u64) -> Fut,
         Fut: Future<Output = Result<FetchedStream<S>, E>>,
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         let ingest = self.ingest_path(digest);
         let (mut file, mut hasher) = self.open_partial(&ingest, digest, size)?;
+        if hasher.len() == size && hasher.clone().finish() == *digest {
+            // An earlier download got every byte but failed after: done.
+            return self.commit(file, &ingest, digest);
+        }
         let fetch_err = |e: E| ContentError::Fetch { digest: digest.clone(), message: e.to_string() };
-        let fetched = fetch(hasher.len()).await.map_err(fetch_err)?;
+        let fetched = match fetch(hasher.len()).await {
+            Ok(fetched) => fetched,
+            // A source that cannot serve the rest (416, a changed blob):
+            // start over once from byte 0.
+            Err(e) if !hasher.is_empty() => {
+                tracing::debug!(%digest, offset = hasher.len(), error = %e, "resume refused; restarting download");
+                fetch(0).await.map(|f| FetchedStream { stream: f.stream, resumed: false }).map_err(fetch_err)?
+            }
+            Err(e) => return Err(fetch_err(e)),
+        };
         if !fetched.resumed && !hasher.is_empty() {
             // The source restarted from byte 0: so do we.
             file.set_len(0).map_err(|source| io("truncate", &ingest, source))?;
@@ -218,8 +240,14 @@ impl ContentStore {
             progress.bytes_done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
         if hasher.len() != size {
-            // Keep the partial file: the next pull resumes from here.
-            return Err(ContentError::SizeMismatch { digest: digest.clone(), expected: size, actual: hasher.len() });
+            let actual = hasher.len();
+            if hasher.finish() == *digest {
+                // The whole blob arrived and is genuine, but the descriptor
+                // lied about its size: keep the blob, refuse the descriptor.
+                self.commit(file, &ingest, digest)?;
+            }
+            // Otherwise the partial file stays: the next pull resumes from here.
+            return Err(ContentError::SizeMismatch { digest: digest.clone(), expected: size, actual });
         }
         let actual = hasher.finish();
         if &actual != digest {

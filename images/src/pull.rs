@@ -117,6 +117,7 @@ impl ImageStore {
         let registry_err = |source| ImageError::Registry { reference: name.clone(), source: Box::new(source) };
         let manifest_err = |reason: String| ImageError::Manifest { reference: name.clone(), reason };
         let resolved = self.registry.resolve(reference, credentials).await.map_err(registry_err)?;
+        let resolved_digest = resolved.digest.clone();
         let mut blobs = Vec::new();
         let (resolved, manifest) = match resolved.manifest().map_err(|e| manifest_err(e.to_string()))? {
             Manifest::Image(manifest) => (resolved, *manifest),
@@ -166,6 +167,7 @@ impl ImageStore {
         Ok(Pulled {
             id: config_digest,
             manifest_digest: resolved.digest,
+            resolved_digest,
             size: layers.iter().map(|l| l.size).sum(),
             chain_ids: chains,
             blobs,
@@ -247,10 +249,14 @@ impl ImageStore {
         let (owned_reference, owned_digest, owned_credentials) =
             (reference.clone(), digest.clone(), credentials.clone());
         self.content
-            .ingest(digest, size, &progress.bytes, move |offset| async move {
-                let response = registry.fetch_blob(&owned_reference, &owned_digest, offset, &owned_credentials).await?;
-                let resumed = offset == 0 || response.partial;
-                Ok(FetchedStream { stream: response.stream, resumed })
+            .ingest(digest, size, &progress.bytes, move |offset| {
+                let (registry, reference, digest, credentials) =
+                    (registry.clone(), owned_reference.clone(), owned_digest.clone(), owned_credentials.clone());
+                async move {
+                    let response = registry.fetch_blob(&reference, &digest, offset, &credentials).await?;
+                    let resumed = offset == 0 || response.partial;
+                    Ok(FetchedStream { stream: response.stream, resumed })
+                }
             })
             .await
             .map_err(|source| match source {

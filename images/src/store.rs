@@ -48,6 +48,9 @@ pub struct Pulled {
     pub id: Digest,
     /// The platform manifest's digest.
     pub manifest_digest: Digest,
+    /// The digest the reference resolved to: the index's for a multi-platform
+    /// image, else the manifest's.
+    pub resolved_digest: Digest,
     /// Uncompressed size of all layers.
     pub size: u64,
     /// Layer chain ids, bottom first.

@@ -1,17 +1,14 @@
 //! Registry authentication: htpasswd against a real registry, the bearer
 //! token flow, redirects and manifest checks against a tiny fake server.
 
-#[path = "common/registry.rs"]
-mod registry_harness;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crius_e2e::registry::{HTPASSWD_PASSWORD, HTPASSWD_USER, OCI_MANIFEST, TestRegistry};
 use crius_images::Digest;
 use crius_images::reference::Reference;
 use crius_images::registry::{Credentials, RegistryClient, RegistryConfig, RegistryError};
 use futures_util::StreamExt;
-use registry_harness::{HTPASSWD_PASSWORD, HTPASSWD_USER, OCI_MANIFEST, TestRegistry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

@@ -1,17 +1,14 @@
 //! Pulling from a real local registry (distribution 2.8).
 
-#[path = "common/registry.rs"]
-mod registry_harness;
-
 use std::time::Duration;
 
+use crius_e2e::registry::{OCI_INDEX, TestRegistry};
 use crius_images::Digest;
 use crius_images::digest::Hasher;
 use crius_images::reference::Reference;
 use crius_images::registry::manifest::{self, Manifest};
 use crius_images::registry::{Credentials, RegistryClient, RegistryConfig, RegistryError, select_platform};
 use futures_util::StreamExt;
-use registry_harness::{OCI_INDEX, TestRegistry};
 
 fn client(hosts_dir: Option<&std::path::Path>) -> RegistryClient {
     RegistryClient::new(RegistryConfig {

@@ -147,6 +147,7 @@ fn pulled_image(pulled: &Pulled) -> PulledImage {
     PulledImage {
         id: pulled.id.to_string(),
         manifest_digest: pulled.manifest_digest.to_string(),
+        resolved_digest: pulled.resolved_digest.to_string(),
         size: pulled.size,
         layers: pulled.chain_ids.iter().map(ToString::to_string).collect(),
         blobs: pulled.blobs.iter().map(ToString::to_string).collect(),

@@ -67,8 +67,9 @@ async fn an_interrupted_download_is_resumed_by_the_next_one() {
     // First attempt: the connection drops after 1000 bytes.
     let cut = data[..1000].to_vec();
     let err = store
-        .ingest(&digest, size, &Progress::default(), |_| async move {
-            Ok::<_, String>(FetchedStream { stream: chunks(&cut, 100), resumed: true })
+        .ingest(&digest, size, &Progress::default(), |_| {
+            let stream = chunks(&cut, 100);
+            async move { Ok::<_, String>(FetchedStream { stream, resumed: true }) }
         })
         .await
         .expect_err("short");
@@ -142,4 +143,66 @@ fn write_bytes_checks_the_digest_and_delete_is_idempotent() {
     store.delete(&digest).expect("delete");
     store.delete(&digest).expect("delete again");
     assert!(matches!(store.read(&digest), Err(ContentError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn a_size_lie_keeps_the_genuine_blob_for_honest_descriptors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ContentStore::open(dir.path()).expect("open");
+    let data = b"genuine layer bytes".repeat(20);
+    let digest = Digest::of(&data);
+    let err = store
+        .ingest(&digest, data.len() as u64 + 1, &Progress::default(), |o| serve(data.clone(), o, true))
+        .await
+        .expect_err("the descriptor claims one byte more");
+    assert!(matches!(err, ContentError::SizeMismatch { .. }), "{err}");
+    // An honest descriptor for the same blob now succeeds without fetching.
+    let path = store
+        .ingest(&digest, data.len() as u64, &Progress::default(), |_| async {
+            Err::<FetchedStream<Chunks>, _>("must not be fetched".to_owned())
+        })
+        .await
+        .expect("honest pull");
+    assert_eq!(fs::read(path).expect("read"), data);
+}
+
+#[tokio::test]
+async fn a_refused_resume_restarts_from_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ContentStore::open(dir.path()).expect("open");
+    let data = b"abcdefghij".repeat(30);
+    let digest = Digest::of(&data);
+    fs::write(dir.path().join("ingest").join(digest.hex()), b"garbage that will not hash").expect("partial");
+    let path = store
+        .ingest(&digest, data.len() as u64, &Progress::default(), |offset| {
+            let data = data.clone();
+            async move {
+                if offset > 0 {
+                    return Err("416 range not satisfiable".to_owned());
+                }
+                serve(data, 0, true).await
+            }
+        })
+        .await
+        .expect("restarted from zero");
+    assert_eq!(fs::read(path).expect("read"), data);
+}
+
+#[test]
+fn concurrent_write_bytes_of_one_blob_all_succeed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(ContentStore::open(dir.path()).expect("open"));
+    let data = Arc::new(b"{\"schemaVersion\":2}".repeat(100));
+    let digest = Digest::of(&data);
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, data, digest) = (Arc::clone(&store), Arc::clone(&data), digest.clone());
+            std::thread::spawn(move || store.write_bytes(&digest, &data))
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("join").expect("every writer succeeds");
+    }
+    assert_eq!(store.read(&digest).expect("read"), *data);
+    assert_eq!(fs::read_dir(dir.path().join("ingest")).expect("ingest").count(), 0, "no temp files left");
 }

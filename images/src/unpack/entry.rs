@@ -56,10 +56,16 @@ impl Meta {
     fn read<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Self, UnpackError> {
         let invalid = |field, source| UnpackError::InvalidHeader { entry: name.to_owned(), field, source };
         let header = entry.header();
-        let uid = id(header.uid().map_err(|e| invalid("uid", e))?).map_err(|e| invalid("uid", e))?;
-        let gid = id(header.gid().map_err(|e| invalid("gid", e))?).map_err(|e| invalid("gid", e))?;
-        let mode = header.mode().map_err(|e| invalid("mode", e))? & MODE_BITS;
-        let seconds = header.mtime().map_err(|e| invalid("mtime", e))?;
+        let raw = header.as_old();
+        // Empty numeric fields read as 0, as Go's archive/tar (and so
+        // containerd and docker) read them.
+        let mut uid =
+            id(lenient(header.uid(), &raw.uid).map_err(|e| invalid("uid", e))?).map_err(|e| invalid("uid", e))?;
+        let mut gid =
+            id(lenient(header.gid(), &raw.gid).map_err(|e| invalid("gid", e))?).map_err(|e| invalid("gid", e))?;
+        let mode = lenient(header.mode().map(u64::from), &raw.mode).map_err(|e| invalid("mode", e))?;
+        let mode = u32::try_from(mode).unwrap_or(0) & MODE_BITS;
+        let seconds = lenient(header.mtime(), &raw.mtime).map_err(|e| invalid("mtime", e))?;
         let mut mtime = Timespec { tv_sec: i64::try_from(seconds).unwrap_or(i64::MAX), tv_nsec: 0 };
         let mut xattrs = Vec::new();
         if let Some(records) = entry.pax_extensions().map_err(|e| invalid("pax", e))? {
@@ -72,6 +78,14 @@ impl Meta {
                     mtime = pax_time(record.value_bytes()).ok_or_else(|| {
                         invalid("pax mtime", io::Error::new(io::ErrorKind::InvalidData, "not a decimal time"))
                     })?;
+                } else if key == b"uid" || key == b"gid" {
+                    // PAX ids override the header's (ids past the octal field's range).
+                    let value =
+                        std::str::from_utf8(record.value_bytes()).ok().and_then(|v| v.trim().parse::<u32>().ok());
+                    let value = value.ok_or_else(|| {
+                        invalid("pax id", io::Error::new(io::ErrorKind::InvalidData, "not a decimal id"))
+                    })?;
+                    if key == b"uid" { uid = value } else { gid = value }
                 } else if key.starts_with(b"GNU.sparse.") {
                     return Err(UnpackError::UnsupportedSparse { entry: name.to_owned() });
                 }
@@ -433,5 +447,14 @@ mod tests {
         assert_eq!(t(""), None);
         assert_eq!(t("1e3"), None);
         assert_eq!(t(".5"), None);
+    }
+}
+
+/// A numeric header field, with an empty (all NUL or space) field read as 0.
+fn lenient(parsed: io::Result<u64>, raw: &[u8]) -> io::Result<u64> {
+    match parsed {
+        Ok(value) => Ok(value),
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        Err(e) => Err(e),
     }
 }

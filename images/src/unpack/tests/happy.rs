@@ -3,8 +3,9 @@
 use std::path::Path;
 
 use rustix::fs::{FileType, major, minor};
-use tar::EntryType;
+use tar::{EntryType, Header};
 
+use super::super::{UnpackLimits, unpack_layer};
 use super::{Compression, Layer, MTIME, require_root, unpack};
 use crate::digest::Digest;
 
@@ -185,4 +186,28 @@ fn unpack_whiteout_replaces_symlink_not_its_target() {
     unpack(&layer.finish(), Compression::None, &sandbox.dest).expect("unpack");
     assert_eq!(file_type(&sandbox.dest.join("evil")), FileType::CharacterDevice);
     assert_eq!(sandbox.snapshot(), before);
+}
+
+#[test]
+fn unpack_reads_empty_numeric_fields_as_zero() {
+    // Go's archive/tar (docker, containerd) reads empty uid/gid/mtime fields as 0.
+    let mut header = Header::new_old();
+    header.set_path("empty-ids").expect("path");
+    header.set_size(2);
+    header.set_mode(0o644);
+    header.set_entry_type(EntryType::Regular);
+    let raw = header.as_old_mut();
+    raw.uid = [0; 8];
+    raw.gid = [b' '; 8];
+    raw.mtime = [0; 12];
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    tar.extend_from_slice(b"ok");
+    tar.resize(tar.len() + 510, 0);
+    tar.extend_from_slice(&[0u8; 1024]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("dest");
+    std::fs::create_dir(&dest).expect("dest");
+    unpack_layer(tar.as_slice(), Compression::None, &dest, &UnpackLimits::default()).expect("empty fields are zero");
+    assert_eq!(std::fs::read(dest.join("empty-ids")).expect("file"), b"ok");
 }

@@ -1,10 +1,11 @@
 //! A real local registry for tests: Debian's `docker-registry`
-//! (distribution 2.8) on 127.0.0.1, a free port, temp storage.
+//! (distribution 2.8) on 127.0.0.1, a free port, temp storage; and a small
+//! image builder to fill it (layer tars, gzip and zstd, manifests, indexes).
 //!
-//! Include with `#[path = "common/registry.rs"] mod registry_harness;`.
 //! Without the binary, [`TestRegistry::start`] prints `SKIP ...` and returns
-//! `None`, or panics when `CI` is set.
-#![allow(dead_code)]
+//! `None`, or panics when `CI` is set. The harness panics (with the
+//! registry's answer) when the registry refuses an upload: that is a broken
+//! test, not a result.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -31,8 +32,28 @@ pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Docker manifest list media type.
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// OCI image config media type.
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// Docker image config media type.
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+/// OCI uncompressed layer media type.
+pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// OCI gzip layer media type.
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// OCI zstd layer media type.
+pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+/// Docker uncompressed layer media type.
+pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
+/// Docker gzip layer media type.
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// One layer to push: the blob as the registry stores it (compressed or
+/// not), its media type, and the uncompressed tar (whose sha256 is the diff
+/// id in the image config).
+pub type Layer<'a> = (Vec<u8>, &'a str, Vec<u8>);
 
 /// A running registry; killed on drop.
+#[derive(Debug)]
 pub struct TestRegistry {
     child: Child,
     port: u16,
@@ -56,6 +77,10 @@ pub struct PushedImage {
     pub config: Digest,
     /// Layer blob digests, in order.
     pub layers: Vec<Digest>,
+    /// The config's `rootfs.diff_ids`, in order.
+    pub diff_ids: Vec<Digest>,
+    /// Config bytes.
+    pub config_json: Vec<u8>,
 }
 
 impl TestRegistry {
@@ -218,35 +243,88 @@ impl TestRegistry {
 
     /// Pushes a linux/`arch` image with `layers` (gzip when they start with
     /// the gzip magic, else plain tar), OCI or docker schema2 media types.
+    /// The diff ids are the digests of the decompressed layers.
     pub async fn push_image(&self, name: &str, tag: &str, arch: &str, layers: &[&[u8]], docker: bool) -> PushedImage {
-        let mut layer_digests = Vec::new();
-        let mut descriptors = Vec::new();
-        for layer in layers {
-            let digest = self.push_blob(name, layer).await;
-            let gzip = layer.starts_with(&[0x1f, 0x8b]);
-            let media_type = match (docker, gzip) {
-                (true, _) => "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                (false, true) => "application/vnd.oci.image.layer.v1.tar+gzip",
-                (false, false) => "application/vnd.oci.image.layer.v1.tar",
-            };
-            descriptors.push(serde_json::json!({
-                "mediaType": media_type, "digest": digest.to_string(), "size": layer.len()
-            }));
-            layer_digests.push(digest);
+        let layers: Vec<Layer<'_>> = layers
+            .iter()
+            .map(|layer| {
+                let gzip = layer.starts_with(&[0x1f, 0x8b]);
+                let media_type = match (docker, gzip) {
+                    (true, true) => DOCKER_LAYER_GZIP,
+                    (true, false) => DOCKER_LAYER_TAR,
+                    (false, true) => OCI_LAYER_GZIP,
+                    (false, false) => OCI_LAYER_TAR,
+                };
+                let tar = if gzip { gunzip(layer).unwrap_or_else(|| layer.to_vec()) } else { layer.to_vec() };
+                (layer.to_vec(), media_type, tar)
+            })
+            .collect();
+        self.push_platform_image(name, tag, arch, &layers, None, !docker).await
+    }
+
+    /// Pushes an image for this machine's architecture ([`host_arch`]) with
+    /// `layers` as given (blob, media type, uncompressed tar), the config
+    /// `User` if any, with OCI (`oci`) or docker schema2 media types for the
+    /// manifest and config.
+    pub async fn push_image_with(
+        &self,
+        name: &str,
+        tag: &str,
+        layers: &[Layer<'_>],
+        config_user: Option<&str>,
+        oci: bool,
+    ) -> PushedImage {
+        self.push_platform_image(name, tag, host_arch(), layers, config_user, oci).await
+    }
+
+    /// [`TestRegistry::push_image_with`] for a linux/`arch` image.
+    pub async fn push_platform_image(
+        &self,
+        name: &str,
+        tag: &str,
+        arch: &str,
+        layers: &[Layer<'_>],
+        config_user: Option<&str>,
+        oci: bool,
+    ) -> PushedImage {
+        let diff_ids: Vec<Digest> = layers.iter().map(|(_, _, tar)| Digest::of(tar)).collect();
+        let mut config = serde_json::json!({ "Cmd": ["/bin/sh"] });
+        if let Some(user) = config_user {
+            config["User"] = serde_json::json!(user);
         }
         let config = serde_json::json!({
             "architecture": arch,
             "os": "linux",
-            "config": { "Cmd": ["/bin/sh"] },
-            "rootfs": { "type": "layers", "diff_ids": layer_digests.iter().map(ToString::to_string).collect::<Vec<_>>() },
+            "config": config,
+            "rootfs": { "type": "layers", "diff_ids": diff_ids.iter().map(ToString::to_string).collect::<Vec<_>>() },
         });
         let config = serde_json::to_vec(&config).expect("config json");
+        self.push_image_parts(name, tag, layers, diff_ids, config, oci).await
+    }
+
+    /// Pushes `layers` and `config` as they are (the config may contradict
+    /// the layers: for tests of what a puller refuses) and a manifest naming
+    /// them. `diff_ids` is only recorded in the result.
+    pub async fn push_image_parts(
+        &self,
+        name: &str,
+        tag: &str,
+        layers: &[Layer<'_>],
+        diff_ids: Vec<Digest>,
+        config: Vec<u8>,
+        oci: bool,
+    ) -> PushedImage {
+        let mut layer_digests = Vec::new();
+        let mut descriptors = Vec::new();
+        for (blob, media_type, _) in layers {
+            let digest = self.push_blob(name, blob).await;
+            descriptors.push(serde_json::json!({
+                "mediaType": media_type, "digest": digest.to_string(), "size": blob.len()
+            }));
+            layer_digests.push(digest);
+        }
         let config_digest = self.push_blob(name, &config).await;
-        let (media_type, config_type) = if docker {
-            (DOCKER_MANIFEST, "application/vnd.docker.container.image.v1+json")
-        } else {
-            (OCI_MANIFEST, "application/vnd.oci.image.config.v1+json")
-        };
+        let (media_type, config_type) = if oci { (OCI_MANIFEST, OCI_CONFIG) } else { (DOCKER_MANIFEST, DOCKER_CONFIG) };
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": media_type,
@@ -261,6 +339,8 @@ impl TestRegistry {
             media_type: media_type.to_owned(),
             config: config_digest,
             layers: layer_digests,
+            diff_ids,
+            config_json: config,
         }
     }
 
@@ -292,6 +372,18 @@ impl TestRegistry {
         let index = serde_json::json!({ "schemaVersion": 2, "mediaType": media_type, "manifests": manifests });
         let bytes = serde_json::to_vec(&index).expect("index json");
         (self.push_manifest(name, tag, media_type, &bytes).await, bytes)
+    }
+
+    /// Overwrites the stored bytes of blob `digest` with `bytes` (same
+    /// length, so the registry still serves it whole): the registry then
+    /// serves content that does not match its digest, which no upload can do.
+    pub fn tamper_blob(&self, digest: &Digest, bytes: &[u8]) {
+        let hex = digest.hex();
+        let data =
+            self.dir.path().join("storage/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data");
+        let old = std::fs::metadata(&data).expect("stored blob").len();
+        assert_eq!(old, bytes.len() as u64, "tamper_blob keeps the length");
+        std::fs::write(&data, bytes).expect("overwrite stored blob");
     }
 
     /// The access log lines so far (one per request, written after each
@@ -339,4 +431,84 @@ impl Drop for TestRegistry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The Go name of this machine's CPU architecture, as image platforms
+/// spell it (`amd64`, `arm64`, ...).
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// A plain tar of regular files `(path, content, mode)`, preceded by the
+/// parent directories they need (mode 0755), in the order given. Paths are
+/// relative (`etc/hostname`).
+pub fn layer_tar(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut dirs: Vec<String> = Vec::new();
+    for (path, content, mode) in files {
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        for depth in 1..parts.len() {
+            let dir = parts[..depth].join("/");
+            if !dirs.contains(&dir) {
+                let mut header = tar::Header::new_ustar();
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o755);
+                header.set_size(0);
+                header.set_mtime(1_700_000_000);
+                header.set_uid(0);
+                header.set_gid(0);
+                builder.append_data(&mut header, format!("{dir}/"), std::io::empty()).expect("tar directory");
+                dirs.push(dir);
+            }
+        }
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(*mode);
+        header.set_size(content.len() as u64);
+        header.set_mtime(1_700_000_000);
+        header.set_uid(0);
+        header.set_gid(0);
+        builder.append_data(&mut header, path, *content).expect("tar file");
+    }
+    builder.into_inner().expect("finish tar")
+}
+
+/// `data` gzip-compressed.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+/// `data` zstd-compressed.
+pub fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).expect("zstd")
+}
+
+/// A layer of `tar` as an OCI gzip layer.
+pub fn gzip_layer(tar: &[u8]) -> Layer<'static> {
+    (gzip(tar), OCI_LAYER_GZIP, tar.to_vec())
+}
+
+/// A layer of `tar` as an OCI zstd layer.
+pub fn zstd_layer(tar: &[u8]) -> Layer<'static> {
+    (zstd(tar), OCI_LAYER_ZSTD, tar.to_vec())
+}
+
+/// A layer of `tar` as an OCI uncompressed layer.
+pub fn tar_layer(tar: &[u8]) -> Layer<'static> {
+    (tar.to_vec(), OCI_LAYER_TAR, tar.to_vec())
+}
+
+/// The decompressed bytes of a gzip stream, or `None` if it is not one.
+fn gunzip(data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(data).read_to_end(&mut out).ok()?;
+    Some(out)
 }
