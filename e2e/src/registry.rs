@@ -62,6 +62,7 @@ pub struct TestRegistry {
     app_log: PathBuf,
     auth: Option<(String, String)>,
     http: reqwest::Client,
+    tls: bool,
 }
 
 /// What [`TestRegistry::push_image`] pushed.
@@ -86,15 +87,26 @@ pub struct PushedImage {
 impl TestRegistry {
     /// An open registry, or `None` (after `SKIP`) without the binary.
     pub fn start(test: &str) -> Option<Self> {
-        Self::launch(test, false)
+        Self::launch(test, false, false)
     }
 
     /// A registry requiring basic auth ([`HTPASSWD_USER`]/[`HTPASSWD_PASSWORD`]).
     pub fn start_with_htpasswd(test: &str) -> Option<Self> {
-        Self::launch(test, true)
+        Self::launch(test, true, false)
     }
 
-    fn launch(test: &str, htpasswd: bool) -> Option<Self> {
+    /// A registry serving HTTPS with a self-signed certificate for
+    /// 127.0.0.1 ([`TestRegistry::ca_pem`]), made with the `openssl` tool.
+    pub fn start_with_tls(test: &str) -> Option<Self> {
+        Self::launch(test, false, true)
+    }
+
+    /// The PEM certificate of a TLS registry (its own CA).
+    pub fn ca_pem(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    fn launch(test: &str, htpasswd: bool, tls: bool) -> Option<Self> {
         let bin =
             std::env::var_os("CRIUS_TEST_REGISTRY_BIN").map_or_else(|| PathBuf::from(REGISTRY_BIN), PathBuf::from);
         if !bin.exists() {
@@ -105,7 +117,7 @@ impl TestRegistry {
         }
         let mut last_error = String::new();
         for _ in 0..5 {
-            match Self::try_launch(&bin, htpasswd) {
+            match Self::try_launch(&bin, htpasswd, tls) {
                 Ok(registry) => return Some(registry),
                 Err(e) => last_error = e,
             }
@@ -113,7 +125,7 @@ impl TestRegistry {
         panic!("{test}: cannot start {}: {last_error}", bin.display());
     }
 
-    fn try_launch(bin: &Path, htpasswd: bool) -> Result<Self, String> {
+    fn try_launch(bin: &Path, htpasswd: bool, tls: bool) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -133,6 +145,23 @@ impl TestRegistry {
             config.push_str(&format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", file.display()));
             auth = Some((HTPASSWD_USER.to_owned(), HTPASSWD_PASSWORD.to_owned()));
         }
+        if tls {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let status = Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+                .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map_err(|e| format!("run openssl: {e}"))?;
+            if !status.success() {
+                return Err(format!("openssl failed: {status}"));
+            }
+            config.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()));
+        }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
         let access_log = dir.path().join("access.log");
@@ -147,8 +176,12 @@ impl TestRegistry {
             .stderr(stderr)
             .spawn()
             .map_err(|e| format!("spawn: {e}"))?;
-        let http = reqwest::Client::builder().no_proxy().build().map_err(|e| e.to_string())?;
-        let mut registry = Self { child, port, dir, access_log, app_log, auth, http };
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .danger_accept_invalid_certs(tls)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut registry = Self { child, port, dir, access_log, app_log, auth, http, tls };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(status)) = registry.child.try_wait() {
@@ -166,8 +199,13 @@ impl TestRegistry {
         }
     }
 
-    /// Whether `GET /v2/` gets an HTTP answer (200, or 401 with auth).
+    /// Whether `GET /v2/` gets an HTTP answer (200, or 401 with auth); for
+    /// TLS, whether the registry logged that it listens and accepts connections.
     fn answers(&self) -> bool {
+        if self.tls {
+            let listening = std::fs::read_to_string(&self.app_log).is_ok_and(|log| log.contains("listening on"));
+            return listening && TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+        }
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
         let request = format!("GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n", self.port);
@@ -183,9 +221,10 @@ impl TestRegistry {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` for a TLS registry).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The port.

@@ -409,12 +409,12 @@ impl RegistryClient {
         let mut certs = Vec::new();
         for path in &key.ca {
             let pem = std::fs::read(path).map_err(|e| format!("cannot read CA certificate {}: {e}", path.display()))?;
-            let bundle = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("invalid CA certificate {}: {}", path.display(), error_chain(&e)))?;
+            let bundle =
+                super::tls::parse_pem(&pem).map_err(|e| format!("invalid CA certificate {}: {e}", path.display()))?;
             certs.extend(bundle);
         }
-        if !certs.is_empty() {
-            builder = builder.tls_certs_merge(certs);
+        if !certs.is_empty() && !key.skip_verify {
+            builder = builder.use_preconfigured_tls(super::tls::client_config(certs)?);
         }
         let client = builder.build().map_err(|e| format!("cannot build HTTP client: {}", error_chain(&e)))?;
         let mut clients = self.inner.clients.lock().unwrap_or_else(PoisonError::into_inner);

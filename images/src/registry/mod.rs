@@ -9,6 +9,7 @@ pub mod docker_config;
 pub mod error;
 pub mod hosts;
 pub mod manifest;
+mod tls;
 
 pub use auth::Credentials;
 pub use client::{BlobResponse, BlobStream, RegistryClient, RegistryConfig, Resolved};

@@ -433,6 +433,15 @@ fn skip_xattrs(meta: &Meta, entry: &str, what: &str) {
     }
 }
 
+/// A numeric header field, with an empty (all NUL or space) field read as 0.
+fn lenient(parsed: io::Result<u64>, raw: &[u8]) -> io::Result<u64> {
+    match parsed {
+        Ok(value) => Ok(value),
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,14 +456,5 @@ mod tests {
         assert_eq!(t(""), None);
         assert_eq!(t("1e3"), None);
         assert_eq!(t(".5"), None);
-    }
-}
-
-/// A numeric header field, with an empty (all NUL or space) field read as 0.
-fn lenient(parsed: io::Result<u64>, raw: &[u8]) -> io::Result<u64> {
-    match parsed {
-        Ok(value) => Ok(value),
-        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
-        Err(e) => Err(e),
     }
 }
