@@ -1,7 +1,16 @@
 //! Pod sandboxes and containers: the namespace backend (namespaces, cgroups,
-//! mounts, process spawn) and the KVM backend (VMM and guest agent).
+//! mounts, process spawn, security) and, later, the KVM backend.
 //!
-//! This crate must not depend on `agent`, `network` or `images`: it takes plain
-//! data (a rootfs path, a network namespace path) that the agent hands over.
-//! It is empty until the namespace-pods issue lands.
+//! This crate must not depend on `agent`, `network` or `images`: it takes
+//! plain data (an OCI runtime spec, a rootfs path, a network namespace path)
+//! that the agent translates from CRI.
+//!
+//! `unsafe` is denied crate-wide; the few calls that need it (fork, exec
+//! set-up in the child) live in modules that allow it explicitly and carry a
+//! `// SAFETY:` comment on every block.
 #![warn(missing_docs)]
+
+pub mod caps;
+pub mod cgroups;
+pub mod mounts;
+pub mod seccomp;
