@@ -13,4 +13,5 @@
 pub mod caps;
 pub mod cgroups;
 pub mod mounts;
+pub mod ns;
 pub mod seccomp;

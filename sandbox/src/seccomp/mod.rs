@@ -31,7 +31,7 @@ const DEFAULT_PROFILE: &str = include_str!("default.json");
 const DEFAULT_ORIGIN: &str = "runtime/default";
 
 /// Which seccomp profile a container runs under.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SeccompProfile {
     /// No filter.
     Unconfined,

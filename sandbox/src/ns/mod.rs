@@ -1,0 +1,6 @@
+//! The namespace runtime's processes: see `sandbox/DESIGN.md`.
+//!
+//! [`spec`] is the contract between the agent (which writes a bundle's
+//! `config.json`) and the processes that run a container.
+
+pub mod spec;
