@@ -42,6 +42,31 @@ pub enum Command {
     Serve,
     /// Print the effective configuration (file plus flags) as TOML.
     Config,
+    /// Processes crius starts itself (namespace helpers, container monitor and init).
+    #[command(hide = true, subcommand)]
+    Internal(Internal),
+}
+
+/// `crius internal …`: re-executions of crius that run pods and containers.
+#[derive(Debug, Subcommand)]
+pub enum Internal {
+    /// Create namespaces and pin them onto `<dir>/{net,ipc,uts}`.
+    PinNs {
+        /// Directory for the namespace files.
+        dir: PathBuf,
+        /// A new network namespace.
+        #[arg(long)]
+        net: bool,
+        /// A new IPC namespace.
+        #[arg(long)]
+        ipc: bool,
+        /// A new UTS namespace.
+        #[arg(long)]
+        uts: bool,
+        /// Hostname to set in the new UTS namespace.
+        #[arg(long)]
+        hostname: Option<String>,
+    },
 }
 
 impl Cli {

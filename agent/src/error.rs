@@ -35,6 +35,9 @@ pub enum AgentError {
     /// The state store failed.
     #[error("state store")]
     Store(#[from] StoreError),
+    /// The runtime (namespaces, cgroups, processes) failed.
+    #[error("{0}")]
+    Runtime(String),
     /// The image store or a registry failed.
     #[error(transparent)]
     Image(#[from] ImageError),
@@ -48,7 +51,7 @@ pub fn status(error: &AgentError) -> tonic::Status {
         AgentError::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
         AgentError::NotFound { .. } => tonic::Status::not_found(message),
         AgentError::Unsupported { .. } => tonic::Status::unimplemented(message),
-        AgentError::Store(_) => tonic::Status::internal(message),
+        AgentError::Store(_) | AgentError::Runtime(_) => tonic::Status::internal(message),
         AgentError::Image(e) => match e.kind() {
             ImageErrorKind::NotFound => tonic::Status::not_found(message),
             ImageErrorKind::InvalidArgument => tonic::Status::invalid_argument(message),

@@ -4,11 +4,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crius::cli::{Cli, Command};
+use crius::cli::{Cli, Command, Internal};
 use crius::{config, error, logging, server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Internal processes run before any config, logging or threads.
+    if let Some(Command::Internal(internal)) = &cli.command {
+        return run_internal(internal);
+    }
     let config = match cli.effective_config() {
         Ok(config) => config,
         Err(e) => {
@@ -21,6 +25,7 @@ fn main() -> ExitCode {
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }
+        Command::Internal(_) => ExitCode::FAILURE,
         Command::Serve => {
             logging::init(config.log.level, config.log.format);
             match run(config) {
@@ -40,4 +45,21 @@ fn run(config: config::Config) -> anyhow::Result<()> {
     // Blocking tasks (store writes) have finished with their RPCs; do not wait on strays.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
+}
+
+fn run_internal(internal: &Internal) -> ExitCode {
+    use crius_sandbox::ns::pod::{PodNamespaces, pin_namespaces};
+    let result = match internal {
+        Internal::PinNs { dir, net, ipc, uts, hostname } => {
+            pin_namespaces(dir, PodNamespaces { net: *net, ipc: *ipc, uts: *uts }, hostname.as_deref())
+                .map_err(|e| error::chain(&e))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("crius internal: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -3,11 +3,11 @@
 
 use cri_api::v1::{
     AttachRequest, ContainerStatsRequest, ContainerStatusRequest, CreateContainerRequest, ExecRequest, ExecSyncRequest,
-    ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest, PodSandboxStatsRequest,
-    PodSandboxStatusRequest, PortForwardRequest, PullImageRequest, RemoveContainerRequest, RemoveImageRequest,
-    RemovePodSandboxRequest, ReopenContainerLogRequest, RunPodSandboxRequest, StartContainerRequest, StatusRequest,
-    StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest, UpdatePodSandboxResourcesRequest,
-    UpdateRuntimeConfigRequest, VersionRequest,
+    ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest, ListPodSandboxRequest,
+    PodSandboxStatsRequest, PodSandboxStatusRequest, PortForwardRequest, PullImageRequest, RemoveContainerRequest,
+    RemoveImageRequest, RemovePodSandboxRequest, ReopenContainerLogRequest, RunPodSandboxRequest,
+    StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
+    UpdatePodSandboxResourcesRequest, UpdateRuntimeConfigRequest, VersionRequest,
 };
 
 /// Ids named by a request; empty strings mean "not named".
@@ -93,7 +93,14 @@ by_container_id!(
     ContainerStatsRequest
 );
 by_image!(PullImageRequest, ImageStatusRequest, RemoveImageRequest);
-no_ids!(VersionRequest, StatusRequest, UpdateRuntimeConfigRequest, ListImagesRequest, ImageFsInfoRequest);
+no_ids!(
+    VersionRequest,
+    StatusRequest,
+    UpdateRuntimeConfigRequest,
+    ListImagesRequest,
+    ImageFsInfoRequest,
+    ListPodSandboxRequest
+);
 
 impl RequestIds for RunPodSandboxRequest {
     fn ids(&self) -> Ids<'_> {

@@ -8,6 +8,7 @@
 
 pub mod ids;
 pub mod images;
+pub mod pods;
 mod runtime_config;
 mod status;
 mod version;
@@ -18,9 +19,11 @@ use cri_api::v1::image_service_server::ImageService;
 use cri_api::v1::runtime_service_server::RuntimeService;
 use cri_api::v1::{
     ImageFsInfoRequest, ImageFsInfoResponse, ImageStatusRequest, ImageStatusResponse, ListImagesRequest,
-    ListImagesResponse, PullImageRequest, PullImageResponse, RemoveImageRequest, RemoveImageResponse,
-    RuntimeConfigRequest, RuntimeConfigResponse, StatusRequest, StatusResponse, UpdateRuntimeConfigRequest,
-    UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
+    ListImagesResponse, ListPodSandboxRequest, ListPodSandboxResponse, PodSandboxStatusRequest,
+    PodSandboxStatusResponse, PullImageRequest, PullImageResponse, RemoveImageRequest, RemoveImageResponse,
+    RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse,
+    RuntimeConfigRequest, RuntimeConfigResponse, StatusRequest, StatusResponse, StopPodSandboxRequest,
+    StopPodSandboxResponse, UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -45,12 +48,31 @@ pub struct AgentState {
     /// garbage collection holds it exclusively, so it never deletes what a
     /// pull has fetched but not yet recorded.
     pub image_gc: tokio::sync::RwLock<()>,
+    /// Serialises pod creation and removal, so a retried RunPodSandbox finds
+    /// the first one's record.
+    pub pod_lock: std::sync::Mutex<()>,
+    /// The host's cgroup layout; `None` where none could be detected.
+    pub cgroup_mode: Option<crius_sandbox::cgroups::CgroupMode>,
 }
 
 impl AgentState {
     /// Bundles the config and the opened stores.
     pub fn new(config: Config, store: StateStore, images: ImageStore) -> Self {
-        Self { config, store, images, image_gc: tokio::sync::RwLock::new(()) }
+        let cgroup_mode = match crius_sandbox::cgroups::detect_host() {
+            Ok(mode) => Some(mode),
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "no cgroup hierarchy found; pods get no cgroups");
+                None
+            }
+        };
+        Self {
+            config,
+            store,
+            images,
+            image_gc: tokio::sync::RwLock::new(()),
+            pod_lock: std::sync::Mutex::new(()),
+            cgroup_mode,
+        }
     }
 }
 
@@ -122,6 +144,41 @@ impl RuntimeService for CriService {
         request: Request<RuntimeConfigRequest>,
     ) -> Result<Response<RuntimeConfigResponse>, Status> {
         Ok(Response::new(runtime_config::runtime_config(&self.state, &request.into_inner())))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        self.blocking(request, pods::run_pod_sandbox).await
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        self.blocking(request, pods::stop_pod_sandbox).await
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        self.blocking(request, pods::remove_pod_sandbox).await
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        self.blocking(request, pods::pod_sandbox_status).await
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        self.blocking(request, pods::list_pod_sandbox).await
     }
 
     async fn update_runtime_config(

@@ -74,6 +74,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         Ok(Err(e)) => tracing::warn!(error = %crate::error::chain(&e), "image garbage collection at start failed"),
         Err(e) => tracing::warn!(error = %e, "image garbage collection at start failed"),
     }
+    let recover_state = Arc::clone(&state);
+    match tokio::task::spawn_blocking(move || crate::cri::pods::recover(&recover_state)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %crate::error::chain(&e), "pod recovery at start failed"),
+        Err(e) => tracing::warn!(error = %e, "pod recovery at start failed"),
+    }
     let service = CriService::new(state);
 
     let (stop_tx, mut stop_rx) = watch::channel(false);

@@ -3,4 +3,7 @@
 //! [`spec`] is the contract between the agent (which writes a bundle's
 //! `config.json`) and the processes that run a container.
 
+#[allow(unsafe_code)]
+mod loopback;
+pub mod pod;
 pub mod spec;
