@@ -66,6 +66,9 @@ pub enum Internal {
         /// Hostname to set in the new UTS namespace.
         #[arg(long)]
         hostname: Option<String>,
+        /// `KEY=VALUE` sysctls to write in the new namespaces.
+        #[arg(long = "sysctl", value_name = "KEY=VALUE")]
+        sysctls: Vec<String>,
     },
 }
 

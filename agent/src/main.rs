@@ -50,9 +50,21 @@ fn run(config: config::Config) -> anyhow::Result<()> {
 fn run_internal(internal: &Internal) -> ExitCode {
     use crius_sandbox::ns::pod::{PodNamespaces, pin_namespaces};
     let result = match internal {
-        Internal::PinNs { dir, net, ipc, uts, hostname } => {
-            pin_namespaces(dir, PodNamespaces { net: *net, ipc: *ipc, uts: *uts }, hostname.as_deref())
-                .map_err(|e| error::chain(&e))
+        Internal::PinNs { dir, net, ipc, uts, hostname, sysctls } => {
+            let sysctls = sysctls
+                .iter()
+                .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+                .collect::<Option<std::collections::BTreeMap<_, _>>>();
+            match sysctls {
+                Some(sysctls) => pin_namespaces(
+                    dir,
+                    PodNamespaces { net: *net, ipc: *ipc, uts: *uts },
+                    hostname.as_deref(),
+                    &sysctls,
+                )
+                .map_err(|e| error::chain(&e)),
+                None => Err("--sysctl takes KEY=VALUE".to_owned()),
+            }
         }
     };
     match result {

@@ -4,8 +4,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use cri_api::v1::{
-    DnsConfig, ListPodSandboxRequest, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata, PodSandboxState,
-    PodSandboxStateValue, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    DnsConfig, LinuxPodSandboxConfig, ListPodSandboxRequest, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata,
+    PodSandboxState, PodSandboxStateValue, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
     StopPodSandboxRequest,
 };
 use crius_e2e::{Crius, CriusDirs};
@@ -29,6 +29,14 @@ fn config(name: &str) -> PodSandboxConfig {
             options: vec!["ndots:5".into()],
         }),
         labels: [("app".to_owned(), name.to_owned())].into(),
+        linux: Some(LinuxPodSandboxConfig {
+            sysctls: [
+                ("net.ipv4.ip_unprivileged_port_start".to_owned(), "0".to_owned()),
+                ("kernel.shm_rmid_forced".to_owned(), "1".to_owned()),
+            ]
+            .into(),
+            ..LinuxPodSandboxConfig::default()
+        }),
         ..PodSandboxConfig::default()
     }
 }
@@ -78,6 +86,22 @@ async fn pod_lifecycle_and_nothing_left_behind() -> anyhow::Result<()> {
     assert_eq!(resolv, "nameserver 10.96.0.10\nsearch e2e.svc.cluster.local\noptions ndots:5\n");
     assert_eq!(std::fs::read_to_string(pod_dir.join("hostname"))?, "web-host\n");
     assert!(mounts_under(&pod_dir).len() >= 4, "net, ipc, uts and shm are mounted");
+    let in_pod = |ns: &str, file: &str| {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--{ns}={}", pod_dir.join("ns").join(ns).display()))
+            .args(["cat", file])
+            .output()
+            .expect("nsenter");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(in_pod("net", "/proc/sys/net/ipv4/ip_unprivileged_port_start"), "0", "pod sysctl applied");
+    assert_eq!(in_pod("ipc", "/proc/sys/kernel/shm_rmid_forced"), "1", "pod sysctl applied");
+    assert_eq!(in_pod("uts", "/proc/sys/kernel/hostname"), "web-host");
+    let lo = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", pod_dir.join("ns/net").display()))
+        .args(["ip", "-o", "link", "show", "lo"])
+        .output()?;
+    assert!(String::from_utf8_lossy(&lo.stdout).contains(",UP"), "lo is up in the pod: {lo:?}");
 
     let other = rt.run_pod_sandbox(run("db")).await?.into_inner().pod_sandbox_id;
     let list = |filter: PodSandboxFilter| ListPodSandboxRequest { filter: Some(filter) };

@@ -111,7 +111,10 @@ fn build_pod(
         hostname: config.hostname.clone(),
         dns: DnsSpec { servers: dns.servers, searches: dns.searches, options: dns.options },
         namespaces: PodNamespaces { net: own(modes[0]), ipc: own(modes[2]), uts: own(modes[0]) },
+        sysctls: config.linux.as_ref().map(|l| l.sysctls.clone().into_iter().collect()).unwrap_or_default(),
     };
+    pod::check_sysctls(&spec.sysctls, spec.namespaces)
+        .map_err(|e| AgentError::InvalidArgument { field: "config.linux.sysctls", reason: e.to_string() })?;
     let self_exe = std::env::current_exe().map_err(|e| AgentError::Runtime(format!("locate crius binary: {e}")))?;
     let paths = pod::create_pod(&state.config.run_root, &spec, &self_exe).map_err(runtime_err)?;
     let cgroup = match create_pod_cgroup(state, id, config) {

@@ -8,6 +8,7 @@
 //! a short-lived re-execution of crius: it unshares and bind-mounts its own
 //! namespace files (it still shares the host's mount namespace), then exits.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,63 @@ pub enum PodError {
     /// The pod id is not a safe directory name.
     #[error("invalid pod id {0:?}")]
     InvalidId(String),
+    /// A sysctl is not namespaced, or its namespace is the host's.
+    #[error("sysctl {key}: {reason}")]
+    Sysctl {
+        /// The key.
+        key: String,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+/// Which of the pod's namespaces a sysctl lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SysctlNamespace {
+    Net,
+    Ipc,
+}
+
+fn sysctl_namespace(key: &str) -> Option<SysctlNamespace> {
+    if key.starts_with("net.") {
+        Some(SysctlNamespace::Net)
+    } else if key.starts_with("kernel.shm")
+        || key.starts_with("kernel.msg")
+        || key == "kernel.sem"
+        || key.starts_with("fs.mqueue.")
+    {
+        Some(SysctlNamespace::Ipc)
+    } else {
+        None
+    }
+}
+
+/// Refuses sysctls that would change the host: not namespaced, in a namespace
+/// the pod shares with the host, or with a key that is not a plain path.
+pub fn check_sysctls(sysctls: &BTreeMap<String, String>, ns: PodNamespaces) -> Result<(), PodError> {
+    for key in sysctls.keys() {
+        let refuse = |reason: &str| PodError::Sysctl { key: key.clone(), reason: reason.to_owned() };
+        let plain = !key.is_empty() && key.split(['.', '/']).all(|p| !p.is_empty() && p != "..");
+        if !plain {
+            return Err(refuse("not a valid sysctl name"));
+        }
+        match sysctl_namespace(key) {
+            None => return Err(refuse("not a namespaced sysctl")),
+            Some(SysctlNamespace::Net) if !ns.net => return Err(refuse("the pod uses the host network namespace")),
+            Some(SysctlNamespace::Ipc) if !ns.ipc => return Err(refuse("the pod uses the host IPC namespace")),
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Writes sysctls through `/proc/sys` in the calling thread's namespaces.
+fn write_sysctls(sysctls: &BTreeMap<String, String>) -> Result<(), PodError> {
+    for (key, value) in sysctls {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        fs::write(&path, value).map_err(|source| io("write sysctl", &path, source))?;
+    }
+    Ok(())
 }
 
 /// Which namespaces a pod gets of its own (false = the host's).
@@ -80,6 +138,10 @@ pub struct PodSpec {
     pub dns: DnsSpec,
     /// Own namespaces.
     pub namespaces: PodNamespaces,
+    /// Namespaced sysctls for the pod (`net.*` needs its own network
+    /// namespace; `kernel.shm*`, `kernel.msg*`, `kernel.sem`, `fs.mqueue.*`
+    /// its own IPC namespace).
+    pub sysctls: BTreeMap<String, String>,
 }
 
 /// Where a pod's pieces are.
@@ -113,6 +175,7 @@ pub fn pod_dir(run_root: &Path, id: &str) -> Result<PathBuf, PodError> {
 /// is removed again.
 pub fn create_pod(run_root: &Path, spec: &PodSpec, self_exe: &Path) -> Result<PodPaths, PodError> {
     let dir = pod_dir(run_root, &spec.id)?;
+    check_sysctls(&spec.sysctls, spec.namespaces)?;
     let result = create_inner(&dir, spec, self_exe);
     if result.is_err() {
         let _ = destroy_dir(&dir);
@@ -126,7 +189,7 @@ fn create_inner(dir: &Path, spec: &PodSpec, self_exe: &Path) -> Result<PodPaths,
     let ns = spec.namespaces;
     let hostname = if spec.hostname.is_empty() { host_hostname() } else { spec.hostname.clone() };
     if ns.net || ns.ipc || ns.uts {
-        run_pin_helper(self_exe, &ns_dir, ns, &hostname)?;
+        run_pin_helper(self_exe, &ns_dir, ns, &hostname, &spec.sysctls)?;
     }
     let pinned = |wanted: bool, kind: &str| wanted.then(|| ns_dir.join(kind));
     let shm = if ns.ipc { mount_shm(dir)? } else { PathBuf::from("/dev/shm") };
@@ -147,7 +210,13 @@ fn create_inner(dir: &Path, spec: &PodSpec, self_exe: &Path) -> Result<PodPaths,
 }
 
 /// Runs `crius internal pin-ns` and waits for it.
-fn run_pin_helper(self_exe: &Path, ns_dir: &Path, ns: PodNamespaces, hostname: &str) -> Result<(), PodError> {
+fn run_pin_helper(
+    self_exe: &Path,
+    ns_dir: &Path,
+    ns: PodNamespaces,
+    hostname: &str,
+    sysctls: &BTreeMap<String, String>,
+) -> Result<(), PodError> {
     let mut command = Command::new(self_exe);
     command.arg("internal").arg("pin-ns").arg(ns_dir);
     for (wanted, flag) in [(ns.net, "--net"), (ns.ipc, "--ipc"), (ns.uts, "--uts")] {
@@ -157,6 +226,9 @@ fn run_pin_helper(self_exe: &Path, ns_dir: &Path, ns: PodNamespaces, hostname: &
     }
     if ns.uts && !hostname.is_empty() {
         command.arg("--hostname").arg(hostname);
+    }
+    for (key, value) in sysctls {
+        command.arg("--sysctl").arg(format!("{key}={value}"));
     }
     let output =
         command.stdin(Stdio::null()).output().map_err(|source| io("run namespace helper", self_exe, source))?;
@@ -173,7 +245,13 @@ fn run_pin_helper(self_exe: &Path, ns_dir: &Path, ns: PodNamespaces, hostname: &
 /// namespace, set the hostname in a new UTS namespace, and bind-mount them
 /// onto `<dir>/<kind>`. Must run in a single-threaded process (a fresh
 /// re-execution of crius).
-pub fn pin_namespaces(dir: &Path, ns: PodNamespaces, hostname: Option<&str>) -> Result<(), PodError> {
+pub fn pin_namespaces(
+    dir: &Path,
+    ns: PodNamespaces,
+    hostname: Option<&str>,
+    sysctls: &BTreeMap<String, String>,
+) -> Result<(), PodError> {
+    check_sysctls(sysctls, ns)?;
     let mut flags = CloneFlags::empty();
     for (wanted, flag) in
         [(ns.net, CloneFlags::CLONE_NEWNET), (ns.ipc, CloneFlags::CLONE_NEWIPC), (ns.uts, CloneFlags::CLONE_NEWUTS)]
@@ -189,6 +267,7 @@ pub fn pin_namespaces(dir: &Path, ns: PodNamespaces, hostname: Option<&str>) -> 
     if let (true, Some(hostname)) = (ns.uts, hostname.filter(|h| !h.is_empty())) {
         nix::unistd::sethostname(hostname).map_err(|e| io("set hostname in", dir, e.into()))?;
     }
+    write_sysctls(sysctls)?;
     for (wanted, kind) in [(ns.net, "net"), (ns.ipc, "ipc"), (ns.uts, "uts")] {
         if !wanted {
             continue;
@@ -308,6 +387,22 @@ mod tests {
     }
 
     #[test]
+    fn only_namespaced_sysctls_of_own_namespaces_are_allowed() {
+        let own = PodNamespaces { net: true, ipc: true, uts: true };
+        let host_net = PodNamespaces { net: false, ipc: true, uts: true };
+        let one = |k: &str| BTreeMap::from([(k.to_owned(), "1".to_owned())]);
+        for ok in ["net.ipv4.ip_forward", "kernel.shm_rmid_forced", "kernel.msgmax", "kernel.sem", "fs.mqueue.msg_max"]
+        {
+            check_sysctls(&one(ok), own).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in ["kernel.panic", "vm.swappiness", "net/../../x", "net..x", ""] {
+            assert!(check_sysctls(&one(bad), own).is_err(), "{bad} accepted");
+        }
+        let err = check_sysctls(&one("net.ipv4.ip_forward"), host_net).expect_err("host network");
+        assert!(err.to_string().contains("host network"), "{err}");
+    }
+
+    #[test]
     fn pod_ids_are_checked() {
         let root = Path::new("/run/crius");
         assert!(pod_dir(root, "abc123").is_ok());
@@ -324,6 +419,7 @@ mod tests {
             hostname: String::new(),
             dns: DnsSpec { servers: vec!["1.1.1.1".into()], ..DnsSpec::default() },
             namespaces: PodNamespaces { net: false, ipc: false, uts: false },
+            sysctls: BTreeMap::new(),
         };
         let paths = create_pod(dir.path(), &spec, Path::new("/nonexistent/crius")).expect("host pod");
         assert_eq!(paths.net, None);
@@ -342,6 +438,7 @@ mod tests {
             hostname: "h".into(),
             dns: DnsSpec::default(),
             namespaces: PodNamespaces { net: true, ipc: true, uts: true },
+            sysctls: BTreeMap::new(),
         };
         let err = create_pod(dir.path(), &spec, Path::new("/bin/false")).expect_err("helper fails");
         assert!(matches!(err, PodError::Pin { .. }), "{err}");
