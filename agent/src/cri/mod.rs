@@ -6,6 +6,7 @@
 //! default, which the boundary layer turns into an `Unimplemented` status that
 //! names the RPC.
 
+pub mod container_spec;
 pub mod ids;
 pub mod images;
 pub mod pods;

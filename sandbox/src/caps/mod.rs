@@ -10,7 +10,8 @@
 
 use std::str::FromStr;
 
-use ::caps::{CapSet as Kind, Capability, CapsHashSet};
+pub use ::caps::CapsHashSet;
+use ::caps::{CapSet as Kind, Capability};
 
 #[cfg(test)]
 mod tests;
@@ -75,6 +76,12 @@ pub struct CapSet {
     pub inheritable: CapsHashSet,
     /// Ambient set (empty unless requested): what a non-root process keeps across exec.
     pub ambient: CapsHashSet,
+}
+
+/// Whether this process holds `name` (any spelling [`parse_name`] accepts)
+/// in its effective set.
+pub fn has_effective(name: &str) -> bool {
+    parse_name(name).ok().is_some_and(|cap| ::caps::has_cap(None, Kind::Effective, cap).unwrap_or(false))
 }
 
 /// Resolves a container's capabilities against crius's own bounding set.

@@ -1,0 +1,379 @@
+//! CRI ContainerConfig + image config + pod → the bundle's `ContainerSpec`.
+//! Pure translation (the only I/O is reading the image's passwd and group
+//! files, inside the rootfs, to resolve user names).
+
+use std::path::{Path, PathBuf};
+
+use cri_api::v1::security_profile::ProfileType;
+use cri_api::v1::{ContainerConfig, LinuxContainerSecurityContext, MountPropagation, NamespaceMode};
+use crius_sandbox::mounts::{DeviceSpec, MountSpec, Propagation, RootfsSpec, resolve_in_root};
+use crius_sandbox::ns::pod::PodPaths;
+use crius_sandbox::ns::spec::{CapabilitySpec, ContainerSpec, NamespaceSpec, PidNamespace, ProcessSpec, UserSpec};
+use crius_sandbox::seccomp::SeccompProfile;
+
+use crate::error::AgentError;
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The parts of an image config a container needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageDefaults {
+    /// `Entrypoint`.
+    pub entrypoint: Vec<String>,
+    /// `Cmd`.
+    pub cmd: Vec<String>,
+    /// `Env`.
+    pub env: Vec<String>,
+    /// `WorkingDir`.
+    pub working_dir: String,
+    /// `User`.
+    pub user: String,
+}
+
+impl ImageDefaults {
+    /// Reads them from an image config JSON.
+    pub fn from_config_json(json: &[u8]) -> Self {
+        let value: serde_json::Value = serde_json::from_slice(json).unwrap_or(serde_json::Value::Null);
+        let config = &value["config"];
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+        };
+        Self {
+            entrypoint: strings(&config["Entrypoint"]),
+            cmd: strings(&config["Cmd"]),
+            env: strings(&config["Env"]),
+            working_dir: config["WorkingDir"].as_str().unwrap_or_default().to_owned(),
+            user: config["User"].as_str().unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+/// Everything besides the CRI config that shapes the spec.
+#[derive(Debug)]
+pub struct SpecInputs<'a> {
+    /// Container id.
+    pub id: &'a str,
+    /// The mounted rootfs (overlay) on the host.
+    pub rootfs: &'a Path,
+    /// The image's defaults.
+    pub image: &'a ImageDefaults,
+    /// The pod's namespaces and files.
+    pub pod: &'a PodPaths,
+    /// The pod's hostname.
+    pub hostname: &'a str,
+    /// The pod's namespace modes: network, pid, ipc (CRI values).
+    pub pod_modes: [i32; 3],
+    /// cgroup path (relative to the hierarchy roots).
+    pub cgroup: Option<String>,
+    /// Where the CRI log goes.
+    pub log_path: Option<PathBuf>,
+}
+
+/// Builds the container spec.
+pub fn build(config: &ContainerConfig, inputs: &SpecInputs<'_>) -> Result<ContainerSpec, AgentError> {
+    let security = config.linux.as_ref().and_then(|l| l.security_context.clone()).unwrap_or_default();
+    let privileged = security.privileged;
+    let mut rootfs = RootfsSpec::new(inputs.rootfs.to_path_buf());
+    rootfs.readonly_rootfs = security.readonly_rootfs;
+    rootfs.privileged = privileged;
+    if !privileged {
+        if !security.masked_paths.is_empty() {
+            rootfs.masked_paths = security.masked_paths.clone();
+        }
+        if !security.readonly_paths.is_empty() {
+            rootfs.readonly_paths = security.readonly_paths.clone();
+        }
+    }
+    rootfs.mounts = mounts(config)?;
+    rootfs.devices = config
+        .devices
+        .iter()
+        .map(|d| DeviceSpec {
+            host_path: PathBuf::from(&d.host_path),
+            container_path: d.container_path.clone(),
+            permissions: d.permissions.clone(),
+        })
+        .collect();
+    rootfs.shm = Some(inputs.pod.shm.clone());
+    rootfs.hostname_file = Some(inputs.pod.hostname.clone());
+    rootfs.hosts_file = Some(inputs.pod.hosts.clone());
+    rootfs.resolv_file = Some(inputs.pod.resolv_conf.clone());
+
+    let process = ProcessSpec {
+        args: args(config, inputs.image)?,
+        env: env(config, inputs.image),
+        cwd: cwd(config, inputs.image),
+        user: user(&security, inputs.image, inputs.rootfs)?,
+        terminal: config.tty,
+        stdin: config.stdin,
+        stdin_once: config.stdin_once,
+        no_new_privileges: security.no_new_privs,
+        capabilities: capabilities(&security)?,
+        seccomp: seccomp(&security)?,
+        apparmor_profile: None,
+        rlimits: Vec::new(),
+        oom_score_adj: config.linux.as_ref().and_then(|l| l.resources.as_ref()).map(|r| clamp_oom(r.oom_score_adj)),
+    };
+    Ok(ContainerSpec {
+        id: inputs.id.to_owned(),
+        rootfs,
+        process,
+        namespaces: namespaces(&security, inputs),
+        hostname: (inputs.pod.uts.is_some()).then(|| inputs.hostname.to_owned()).filter(|h| !h.is_empty()),
+        cgroup: inputs.cgroup.clone(),
+        sysctls: Default::default(),
+        log_path: inputs.log_path.clone(),
+    })
+}
+
+/// kubelet's rules: `command` replaces the entrypoint and drops the image's
+/// Cmd; `args` replaces Cmd.
+fn args(config: &ContainerConfig, image: &ImageDefaults) -> Result<Vec<String>, AgentError> {
+    let args = if !config.command.is_empty() {
+        config.command.iter().chain(&config.args).cloned().collect()
+    } else if !config.args.is_empty() {
+        image.entrypoint.iter().chain(&config.args).cloned().collect()
+    } else {
+        image.entrypoint.iter().chain(&image.cmd).cloned().collect::<Vec<_>>()
+    };
+    if args.is_empty() {
+        return Err(AgentError::InvalidArgument {
+            field: "config.command",
+            reason: "no command given and the image has neither Entrypoint nor Cmd".into(),
+        });
+    }
+    Ok(args)
+}
+
+/// The image's environment, then CRI's (a CRI key replaces the image's).
+fn env(config: &ContainerConfig, image: &ImageDefaults) -> Vec<String> {
+    let mut env: Vec<String> = image.env.clone();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH.to_owned());
+    }
+    for kv in &config.envs {
+        let entry = format!("{}={}", kv.key, String::from_utf8_lossy(&kv.value));
+        match env.iter_mut().find(|e| e.split_once('=').is_some_and(|(k, _)| k == kv.key)) {
+            Some(existing) => *existing = entry,
+            None => env.push(entry),
+        }
+    }
+    env
+}
+
+fn cwd(config: &ContainerConfig, image: &ImageDefaults) -> String {
+    [&config.working_dir, &image.working_dir].into_iter().find(|d| !d.is_empty()).cloned().unwrap_or_else(|| "/".into())
+}
+
+/// uid/gid/groups: CRI's run_as_* first, else the image's User; names are
+/// looked up in the image's /etc/passwd and /etc/group.
+fn user(
+    security: &LinuxContainerSecurityContext,
+    image: &ImageDefaults,
+    rootfs: &Path,
+) -> Result<UserSpec, AgentError> {
+    let (image_user, image_group) = image.user.split_once(':').unwrap_or((image.user.as_str(), ""));
+    let passwd = read_in_rootfs(rootfs, "/etc/passwd");
+    let group = read_in_rootfs(rootfs, "/etc/group");
+    let invalid =
+        |reason: String| AgentError::InvalidArgument { field: "config.linux.security_context.run_as_username", reason };
+    let (uid, name, primary_gid) = if let Some(uid) = &security.run_as_user {
+        let uid = u32::try_from(uid.value).map_err(|_| invalid(format!("uid {} out of range", uid.value)))?;
+        let entry = passwd_by_uid(&passwd, uid);
+        (uid, entry.as_ref().map(|e| e.0.clone()), entry.map(|e| e.2))
+    } else {
+        let wanted = if security.run_as_username.is_empty() { image_user } else { security.run_as_username.as_str() };
+        match wanted.parse::<u32>() {
+            Ok(uid) => {
+                let entry = passwd_by_uid(&passwd, uid);
+                (uid, entry.as_ref().map(|e| e.0.clone()), entry.map(|e| e.2))
+            }
+            Err(_) if wanted.is_empty() => (0, Some("root".to_owned()), Some(0)),
+            Err(_) => {
+                let entry = passwd_by_name(&passwd, wanted)
+                    .ok_or_else(|| invalid(format!("user {wanted:?} is not in the image's /etc/passwd")))?;
+                (entry.1, Some(entry.0), Some(entry.2))
+            }
+        }
+    };
+    let gid = match (&security.run_as_group, image_group) {
+        (Some(gid), _) => u32::try_from(gid.value).map_err(|_| invalid(format!("gid {} out of range", gid.value)))?,
+        (None, "") => primary_gid.unwrap_or(0),
+        (None, group_name) => group_name
+            .parse::<u32>()
+            .ok()
+            .or_else(|| group_by_name(&group, group_name))
+            .ok_or_else(|| invalid(format!("group {group_name:?} is not in the image's /etc/group")))?,
+    };
+    let mut additional_gids: Vec<u32> = name.map(|n| groups_of(&group, &n)).unwrap_or_default();
+    for extra in &security.supplemental_groups {
+        if let Ok(extra) = u32::try_from(*extra) {
+            additional_gids.push(extra);
+        }
+    }
+    additional_gids.retain(|g| *g != gid);
+    additional_gids.sort_unstable();
+    additional_gids.dedup();
+    Ok(UserSpec { uid, gid, additional_gids })
+}
+
+fn read_in_rootfs(rootfs: &Path, path: &str) -> String {
+    resolve_in_root(rootfs, Path::new(path)).ok().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
+}
+
+/// (name, uid, gid) of a passwd line.
+fn passwd_entries(passwd: &str) -> impl Iterator<Item = (String, u32, u32)> + '_ {
+    passwd.lines().filter_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        Some((fields.first()?.to_string(), fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
+    })
+}
+
+fn passwd_by_uid(passwd: &str, uid: u32) -> Option<(String, u32, u32)> {
+    passwd_entries(passwd).find(|e| e.1 == uid)
+}
+
+fn passwd_by_name(passwd: &str, name: &str) -> Option<(String, u32, u32)> {
+    passwd_entries(passwd).find(|e| e.0 == name)
+}
+
+fn group_by_name(group: &str, name: &str) -> Option<u32> {
+    group.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.first() == Some(&name)).then(|| fields.get(2)?.parse().ok()).flatten()
+    })
+}
+
+/// gids of the groups that list `user` as a member.
+fn groups_of(group: &str, user: &str) -> Vec<u32> {
+    group
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            let members = fields.get(3)?;
+            members.split(',').any(|m| m.trim() == user).then(|| fields.get(2)?.parse().ok()).flatten()
+        })
+        .collect()
+}
+
+fn capabilities(security: &LinuxContainerSecurityContext) -> Result<CapabilitySpec, AgentError> {
+    let caps = security.capabilities.clone().unwrap_or_default();
+    let set = crius_sandbox::caps::effective_set(
+        &caps.add_capabilities,
+        &caps.drop_capabilities,
+        security.privileged,
+        &caps.add_ambient_capabilities,
+    )
+    .map_err(|e| AgentError::InvalidArgument {
+        field: "config.linux.security_context.capabilities",
+        reason: e.to_string(),
+    })?;
+    let names = |set: &crius_sandbox::caps::CapsHashSet| {
+        let mut names: Vec<String> = set.iter().map(ToString::to_string).collect();
+        names.sort();
+        names
+    };
+    Ok(CapabilitySpec {
+        bounding: names(&set.bounding),
+        effective: names(&set.effective),
+        permitted: names(&set.permitted),
+        inheritable: names(&set.inheritable),
+        ambient: names(&set.ambient),
+    })
+}
+
+/// `seccomp` (CRI 1.20+) wins over the legacy `seccomp_profile_path`, which
+/// older kubelets still send.
+#[allow(deprecated)]
+fn seccomp(security: &LinuxContainerSecurityContext) -> Result<SeccompProfile, AgentError> {
+    let invalid =
+        |reason: String| AgentError::InvalidArgument { field: "config.linux.security_context.seccomp", reason };
+    if security.privileged {
+        return Ok(SeccompProfile::Unconfined);
+    }
+    if let Some(profile) = &security.seccomp {
+        return match ProfileType::try_from(profile.profile_type) {
+            Ok(ProfileType::RuntimeDefault) => Ok(SeccompProfile::RuntimeDefault),
+            Ok(ProfileType::Unconfined) => Ok(SeccompProfile::Unconfined),
+            Ok(ProfileType::Localhost) => {
+                let path = PathBuf::from(&profile.localhost_ref);
+                if path.is_absolute() {
+                    Ok(SeccompProfile::Localhost(path))
+                } else {
+                    Err(invalid(format!("localhost profile {path:?} is not an absolute path")))
+                }
+            }
+            Err(_) => Err(invalid(format!("unknown profile type {}", profile.profile_type))),
+        };
+    }
+    match security.seccomp_profile_path.as_str() {
+        "" | "unconfined" => Ok(SeccompProfile::Unconfined),
+        "runtime/default" | "docker/default" => Ok(SeccompProfile::RuntimeDefault),
+        other => match other.strip_prefix("localhost/") {
+            Some(path) if path.starts_with('/') => Ok(SeccompProfile::Localhost(PathBuf::from(path))),
+            _ => Err(invalid(format!("unsupported seccomp profile {other:?}"))),
+        },
+    }
+}
+
+fn mounts(config: &ContainerConfig) -> Result<Vec<MountSpec>, AgentError> {
+    config
+        .mounts
+        .iter()
+        .map(|m| {
+            if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
+                return Err(AgentError::Unsupported { what: "image volume mounts".into() });
+            }
+            if m.container_path.is_empty() || m.host_path.is_empty() {
+                return Err(AgentError::InvalidArgument {
+                    field: "config.mounts",
+                    reason: "container_path and host_path are required".into(),
+                });
+            }
+            let propagation = match MountPropagation::try_from(m.propagation) {
+                Ok(MountPropagation::PropagationHostToContainer) => Propagation::RSlave,
+                Ok(MountPropagation::PropagationBidirectional) => Propagation::RShared,
+                _ => Propagation::Private,
+            };
+            Ok(MountSpec {
+                source: PathBuf::from(&m.host_path),
+                destination: m.container_path.clone(),
+                readonly: m.readonly || m.recursive_read_only,
+                recursive_readonly: m.recursive_read_only,
+                propagation,
+                selinux_relabel: m.selinux_relabel,
+            })
+        })
+        .collect()
+}
+
+fn namespaces(security: &LinuxContainerSecurityContext, inputs: &SpecInputs<'_>) -> NamespaceSpec {
+    let pid_mode = security.namespace_options.as_ref().map_or(inputs.pod_modes[1], |o| o.pid);
+    let pid = if pid_mode == NamespaceMode::Node as i32 {
+        PidNamespace::Host
+    } else {
+        // A pod-shared PID namespace needs a pod init; until it exists each
+        // container gets its own.
+        PidNamespace::Container
+    };
+    NamespaceSpec { net: inputs.pod.net.clone(), ipc: inputs.pod.ipc.clone(), uts: inputs.pod.uts.clone(), pid }
+}
+
+/// Raises an OOM score adjustment to what this process may set: without
+/// CAP_SYS_RESOURCE a value below crius's own is refused by the kernel.
+fn clamp_oom(wanted: i64) -> i32 {
+    let own = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    let has_resource = caps_has_sys_resource();
+    let floor = if has_resource { -1000 } else { own };
+    i32::try_from(wanted.clamp(floor, 1000)).unwrap_or(0)
+}
+
+fn caps_has_sys_resource() -> bool {
+    crius_sandbox::caps::has_effective("CAP_SYS_RESOURCE")
+}
+
+#[cfg(test)]
+mod tests;
