@@ -70,6 +70,16 @@ pub enum Internal {
         #[arg(long = "sysctl", value_name = "KEY=VALUE")]
         sysctls: Vec<String>,
     },
+    /// Watch a container: start its init, copy its output to the CRI log, record its exit.
+    Monitor {
+        /// The container's bundle directory.
+        bundle: PathBuf,
+    },
+    /// Set up a container's namespaces, rootfs and security, wait for start, exec.
+    Init {
+        /// The container's bundle directory.
+        bundle: PathBuf,
+    },
 }
 
 impl Cli {

@@ -66,6 +66,11 @@ fn run_internal(internal: &Internal) -> ExitCode {
                 None => Err("--sysctl takes KEY=VALUE".to_owned()),
             }
         }
+        Internal::Monitor { bundle } => {
+            let exe = std::path::PathBuf::from("/proc/self/exe");
+            Err(error::chain(&crius_sandbox::ns::monitor::run(bundle, &exe)))
+        }
+        Internal::Init { bundle } => Err(error::chain(&crius_sandbox::ns::init::run(bundle))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

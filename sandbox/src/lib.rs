@@ -12,6 +12,9 @@
 
 pub mod caps;
 pub mod cgroups;
+pub mod logs;
 pub mod mounts;
 pub mod ns;
 pub mod seccomp;
+#[allow(unsafe_code)]
+mod sys;

@@ -3,7 +3,7 @@
 
 use cri_api::v1::{
     AttachRequest, ContainerStatsRequest, ContainerStatusRequest, CreateContainerRequest, ExecRequest, ExecSyncRequest,
-    ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest, ListPodSandboxRequest,
+    ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListContainersRequest, ListImagesRequest, ListPodSandboxRequest,
     PodSandboxStatsRequest, PodSandboxStatusRequest, PortForwardRequest, PullImageRequest, RemoveContainerRequest,
     RemoveImageRequest, RemovePodSandboxRequest, ReopenContainerLogRequest, RunPodSandboxRequest,
     StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
@@ -95,6 +95,7 @@ by_container_id!(
 by_image!(PullImageRequest, ImageStatusRequest, RemoveImageRequest);
 no_ids!(
     VersionRequest,
+    ListContainersRequest,
     StatusRequest,
     UpdateRuntimeConfigRequest,
     ListImagesRequest,

@@ -7,6 +7,7 @@
 //! names the RPC.
 
 pub mod container_spec;
+pub mod containers;
 pub mod ids;
 pub mod images;
 pub mod pods;
@@ -19,12 +20,15 @@ use std::sync::Arc;
 use cri_api::v1::image_service_server::ImageService;
 use cri_api::v1::runtime_service_server::RuntimeService;
 use cri_api::v1::{
-    ImageFsInfoRequest, ImageFsInfoResponse, ImageStatusRequest, ImageStatusResponse, ListImagesRequest,
-    ListImagesResponse, ListPodSandboxRequest, ListPodSandboxResponse, PodSandboxStatusRequest,
-    PodSandboxStatusResponse, PullImageRequest, PullImageResponse, RemoveImageRequest, RemoveImageResponse,
-    RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse,
-    RuntimeConfigRequest, RuntimeConfigResponse, StatusRequest, StatusResponse, StopPodSandboxRequest,
-    StopPodSandboxResponse, UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
+    ContainerStatusRequest, ContainerStatusResponse, CreateContainerRequest, CreateContainerResponse,
+    ImageFsInfoRequest, ImageFsInfoResponse, ImageStatusRequest, ImageStatusResponse, ListContainersRequest,
+    ListContainersResponse, ListImagesRequest, ListImagesResponse, ListPodSandboxRequest, ListPodSandboxResponse,
+    PodSandboxStatusRequest, PodSandboxStatusResponse, PullImageRequest, PullImageResponse, RemoveContainerRequest,
+    RemoveContainerResponse, RemoveImageRequest, RemoveImageResponse, RemovePodSandboxRequest,
+    RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse, RuntimeConfigRequest, RuntimeConfigResponse,
+    StartContainerRequest, StartContainerResponse, StatusRequest, StatusResponse, StopContainerRequest,
+    StopContainerResponse, StopPodSandboxRequest, StopPodSandboxResponse, UpdateRuntimeConfigRequest,
+    UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -180,6 +184,48 @@ impl RuntimeService for CriService {
         request: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
         self.blocking(request, pods::list_pod_sandbox).await
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        self.blocking(request, containers::create_container).await
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        self.blocking(request, containers::start_container).await
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        self.blocking(request, containers::stop_container).await
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        self.blocking(request, containers::remove_container).await
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        self.blocking(request, containers::container_status).await
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        self.blocking(request, containers::list_containers).await
     }
 
     async fn update_runtime_config(

@@ -25,13 +25,17 @@ use crate::store::{PodRecord, PodState};
 /// What a pod record's `config` holds: the parts of the request crius needs
 /// later, and where the pod's pieces are.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct PodDetails {
-    hostname: String,
-    log_directory: String,
+pub struct PodDetails {
+    /// Requested hostname.
+    pub hostname: String,
+    /// kubelet's log directory for the pod's containers.
+    pub log_directory: String,
     /// CRI NamespaceMode values: network, pid, ipc.
-    namespace_modes: [i32; 3],
-    cgroup: Option<String>,
-    paths: Option<PodPaths>,
+    pub namespace_modes: [i32; 3],
+    /// The pod cgroup, relative to the hierarchy roots.
+    pub cgroup: Option<String>,
+    /// Namespaces and files.
+    pub paths: Option<PodPaths>,
 }
 
 /// Creates a pod sandbox, or returns the one kubelet already created with the
@@ -151,6 +155,7 @@ fn create_pod_cgroup(state: &AgentState, id: &str, config: &PodSandboxConfig) ->
 
 /// Removes whatever exists of a pod: namespaces, files, cgroup, record.
 fn teardown(state: &AgentState, record: &PodRecord) -> Result<(), AgentError> {
+    super::containers::remove_all(state, &record.id)?;
     pod::destroy_pod(&state.config.run_root, &record.id).map_err(runtime_err)?;
     if let (Some(mode), Some(cgroup)) = (state.cgroup_mode.clone(), details(record).and_then(|d| d.cgroup)) {
         let cgroup = crius_sandbox::cgroups::Cgroup::open(&mode, &cgroup).map_err(runtime_err)?;
@@ -189,6 +194,9 @@ pub fn stop_pod_sandbox(
     let Some(mut record) = find(state, &request.pod_sandbox_id)? else {
         return Ok(StopPodSandboxResponse {});
     };
+    for container in super::containers::containers_of(state, &record.id)? {
+        super::containers::stop(state, container, std::time::Duration::ZERO)?;
+    }
     if record.state != PodState::NotReady {
         record.state = PodState::NotReady;
         state.store.put(&record)?;
@@ -278,6 +286,10 @@ fn labels_match(labels: &BTreeMap<String, String>, selector: &HashMap<String, St
 }
 
 /// A pod by full id or unique id prefix.
+pub fn find_pod(state: &AgentState, id: &str) -> Result<Option<PodRecord>, AgentError> {
+    find(state, id)
+}
+
 fn find(state: &AgentState, id: &str) -> Result<Option<PodRecord>, AgentError> {
     if id.is_empty() {
         return Err(AgentError::InvalidArgument { field: "pod_sandbox_id", reason: "empty id".into() });
@@ -348,7 +360,8 @@ fn details_json(details: &PodDetails) -> Result<serde_json::Value, AgentError> {
     serde_json::to_value(details).map_err(|e| AgentError::Runtime(format!("encode pod details: {e}")))
 }
 
-fn runtime_err(error: impl std::error::Error) -> AgentError {
+/// A runtime failure, with its whole error chain.
+pub fn runtime_err(error: impl std::error::Error) -> AgentError {
     AgentError::Runtime(crate::error::chain(&error))
 }
 
@@ -362,7 +375,8 @@ pub fn new_id() -> Result<String, AgentError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn now_ns() -> i64 {
+/// Now, in nanoseconds since the Unix epoch.
+pub fn now_ns() -> i64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     i64::try_from(nanos).unwrap_or(i64::MAX)
 }

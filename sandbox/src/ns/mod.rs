@@ -3,7 +3,10 @@
 //! [`spec`] is the contract between the agent (which writes a bundle's
 //! `config.json`) and the processes that run a container.
 
+pub mod container;
+pub mod init;
 #[allow(unsafe_code)]
 mod loopback;
+pub mod monitor;
 pub mod pod;
 pub mod spec;

@@ -34,7 +34,8 @@ pub struct ContainerSpec {
     pub namespaces: NamespaceSpec,
     /// Hostname to set when the container has its own UTS namespace.
     pub hostname: Option<String>,
-    /// cgroup path relative to the cgroup parent (`crius/pod-x/ctr-y`), joined before start.
+    /// cgroup path relative to the hierarchy roots (`crius/pod-x/ctr-y`),
+    /// joined by init before it is ready.
     pub cgroup: Option<String>,
     /// Namespaced sysctls (`net.*`, `kernel.shm*`, …) to write in the container's namespaces.
     pub sysctls: BTreeMap<String, String>,
