@@ -3,11 +3,12 @@
 
 use cri_api::v1::{
     AttachRequest, ContainerStatsRequest, ContainerStatusRequest, CreateContainerRequest, ExecRequest, ExecSyncRequest,
-    ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListContainersRequest, ListImagesRequest, ListPodSandboxRequest,
-    PodSandboxStatsRequest, PodSandboxStatusRequest, PortForwardRequest, PullImageRequest, RemoveContainerRequest,
-    RemoveImageRequest, RemovePodSandboxRequest, ReopenContainerLogRequest, RunPodSandboxRequest,
-    StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
-    UpdatePodSandboxResourcesRequest, UpdateRuntimeConfigRequest, VersionRequest,
+    ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListContainerStatsRequest, ListContainersRequest,
+    ListImagesRequest, ListPodSandboxRequest, ListPodSandboxStatsRequest, PodSandboxStatsRequest,
+    PodSandboxStatusRequest, PortForwardRequest, PullImageRequest, RemoveContainerRequest, RemoveImageRequest,
+    RemovePodSandboxRequest, ReopenContainerLogRequest, RunPodSandboxRequest, StartContainerRequest, StatusRequest,
+    StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest, UpdatePodSandboxResourcesRequest,
+    UpdateRuntimeConfigRequest, VersionRequest,
 };
 
 /// Ids named by a request; empty strings mean "not named".
@@ -96,6 +97,8 @@ by_image!(PullImageRequest, ImageStatusRequest, RemoveImageRequest);
 no_ids!(
     VersionRequest,
     ListContainersRequest,
+    ListContainerStatsRequest,
+    ListPodSandboxStatsRequest,
     StatusRequest,
     UpdateRuntimeConfigRequest,
     ListImagesRequest,

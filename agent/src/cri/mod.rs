@@ -12,6 +12,7 @@ pub mod ids;
 pub mod images;
 pub mod pods;
 mod runtime_config;
+pub mod stats;
 mod status;
 mod version;
 
@@ -20,9 +21,11 @@ use std::sync::Arc;
 use cri_api::v1::image_service_server::ImageService;
 use cri_api::v1::runtime_service_server::RuntimeService;
 use cri_api::v1::{
-    ContainerStatusRequest, ContainerStatusResponse, CreateContainerRequest, CreateContainerResponse,
-    ImageFsInfoRequest, ImageFsInfoResponse, ImageStatusRequest, ImageStatusResponse, ListContainersRequest,
+    ContainerStatsRequest, ContainerStatsResponse, ContainerStatusRequest, ContainerStatusResponse,
+    CreateContainerRequest, CreateContainerResponse, ImageFsInfoRequest, ImageFsInfoResponse, ImageStatusRequest,
+    ImageStatusResponse, ListContainerStatsRequest, ListContainerStatsResponse, ListContainersRequest,
     ListContainersResponse, ListImagesRequest, ListImagesResponse, ListPodSandboxRequest, ListPodSandboxResponse,
+    ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, PodSandboxStatsRequest, PodSandboxStatsResponse,
     PodSandboxStatusRequest, PodSandboxStatusResponse, PullImageRequest, PullImageResponse, RemoveContainerRequest,
     RemoveContainerResponse, RemoveImageRequest, RemoveImageResponse, RemovePodSandboxRequest,
     RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse, RuntimeConfigRequest, RuntimeConfigResponse,
@@ -58,6 +61,8 @@ pub struct AgentState {
     pub pod_lock: std::sync::Mutex<()>,
     /// The host's cgroup layout; `None` where none could be detected.
     pub cgroup_mode: Option<crius_sandbox::cgroups::CgroupMode>,
+    /// Previous cpu samples, for cpu usage rates.
+    pub cpu_samples: stats::CpuSamples,
 }
 
 impl AgentState {
@@ -77,6 +82,7 @@ impl AgentState {
             image_gc: tokio::sync::RwLock::new(()),
             pod_lock: std::sync::Mutex::new(()),
             cgroup_mode,
+            cpu_samples: stats::CpuSamples::default(),
         }
     }
 }
@@ -226,6 +232,34 @@ impl RuntimeService for CriService {
         request: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
         self.blocking(request, containers::list_containers).await
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        self.blocking(request, stats::container_stats).await
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        self.blocking(request, stats::list_container_stats).await
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        self.blocking(request, stats::pod_sandbox_stats).await
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        self.blocking(request, stats::list_pod_sandbox_stats).await
     }
 
     async fn update_runtime_config(
