@@ -39,11 +39,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::pty::openpty;
+use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{close, getpid, setsid};
 
 use super::container::{read_started, write_atomic, write_pid_file};
-use super::spec::{ContainerSpec, EXIT_FILE, ExitStatus, INIT_PID_FILE, MONITOR_PID_FILE, SPEC_FILE};
+use super::spec::{ContainerSpec, EXIT_FILE, ExitStatus, INIT_PID_FILE, MONITOR_PID_FILE, PidNamespace, SPEC_FILE};
 use crate::cgroups::{Cgroup, CgroupError, detect_host};
 use crate::logs::{LogError, LogWriter, Stream};
 
@@ -182,6 +183,7 @@ fn monitor(bundle: &Path, init_exe: &Path) -> Result<Infallible, MonitorError> {
     // Nothing else is spawned while it is open.
     fcntl(&ready_w, FcntlArg::F_SETFD(FdFlag::empty()))
         .map_err(|source| MonitorError::Sys { op: "clear FD_CLOEXEC", source })?;
+    let own_pid_ns = enter_pid_namespace(&spec.namespaces.pid)?;
     let mut cmd = Command::new(init_exe);
     cmd.args(["internal", "init"])
         .arg(bundle)
@@ -190,6 +192,12 @@ fn monitor(bundle: &Path, init_exe: &Path) -> Result<Infallible, MonitorError> {
         .stdout(child_io.stdout)
         .stderr(child_io.stderr);
     let spawned = cmd.spawn();
+    // Children of a process whose PID namespace for children differs from
+    // its own cannot be threads (EINVAL): switch back before any thread starts.
+    if let Some(own) = own_pid_ns {
+        setns(own, CloneFlags::CLONE_NEWPID)
+            .map_err(|source| MonitorError::Sys { op: "return to own pid namespace", source })?;
+    }
     // Close the monitor's copies of init's ends, or no end of file would come.
     drop(cmd);
     drop(ready_w);
@@ -289,6 +297,33 @@ impl ChildIo {
             ],
         })
     }
+}
+
+/// Puts the monitor's future children in the container's PID namespace: a
+/// new one (init becomes its PID 1), the pod's shared one, or the host's.
+/// `unshare`/`setns` of a PID namespace only affect children, so the monitor
+/// itself stays where it is.
+/// Returns the monitor's own PID namespace when it switched, to switch back
+/// after spawning init.
+fn enter_pid_namespace(pid: &PidNamespace) -> Result<Option<File>, MonitorError> {
+    if *pid == PidNamespace::Host {
+        return Ok(None);
+    }
+    let own_path = Path::new("/proc/self/ns/pid");
+    let own = File::open(own_path).map_err(io_err("open pid namespace", own_path))?;
+    match pid {
+        PidNamespace::Host => {}
+        PidNamespace::Container => {
+            unshare(CloneFlags::CLONE_NEWPID)
+                .map_err(|source| MonitorError::Sys { op: "unshare pid namespace", source })?;
+        }
+        PidNamespace::Pod(path) => {
+            let file = File::open(path).map_err(io_err("open pid namespace", path))?;
+            setns(file, CloneFlags::CLONE_NEWPID)
+                .map_err(|source| MonitorError::Sys { op: "join pid namespace", source })?;
+        }
+    }
+    Ok(Some(own))
 }
 
 /// Records init's pid and moves it into the container's cgroup.
