@@ -1,0 +1,270 @@
+//! Containers run by crius's own runtime: lifecycle, logs, exit codes, stop
+//! timeouts, cleanup, and surviving a SIGKILL of crius.
+//!
+//! The image is built here: one layer with Debian's static busybox as
+//! `/bin/sh` (its applets run inside the shell).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cri_api::v1::runtime_service_client::RuntimeServiceClient;
+use cri_api::v1::{
+    ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState, ContainerStatusRequest,
+    CreateContainerRequest, ImageSpec, ListContainersRequest, PodSandboxConfig, PodSandboxMetadata,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
+};
+use crius_e2e::Crius;
+use crius_e2e::images::ImageEnv;
+use crius_e2e::registry::{gzip_layer, layer_tar};
+use tonic::transport::Channel;
+
+const BUSYBOX: &str = "/bin/busybox";
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A registry with the busybox image and a crius that pulled it; `None`
+/// (after `SKIP`) without root or busybox outside CI.
+async fn env(test: &str) -> anyhow::Result<Option<(ImageEnv, String)>> {
+    if !is_root() {
+        println!("SKIP {test}: needs root");
+        return Ok(None);
+    }
+    let Ok(busybox) = std::fs::read(BUSYBOX) else {
+        assert!(std::env::var_os("CI").is_none(), "{test}: {BUSYBOX} is missing (apt-get install busybox-static)");
+        println!("SKIP {test}: {BUSYBOX} is missing");
+        return Ok(None);
+    };
+    let Some(env) = ImageEnv::start(test).await? else { return Ok(None) };
+    let tar = layer_tar(&[
+        ("bin/sh", &busybox, 0o755),
+        ("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n", 0o644),
+        ("etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644),
+        ("tmp/.keep", b"", 0o644),
+    ]);
+    env.registry.push_image_with("e2e/busybox", "1", &[gzip_layer(&tar)], None, false).await;
+    let image = env.reference("e2e/busybox:1");
+    env.pull(&image).await?;
+    Ok(Some((env, image)))
+}
+
+fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs.display().to_string(),
+        ..PodSandboxConfig::default()
+    }
+}
+
+async fn run_pod(rt: &mut RuntimeServiceClient<Channel>, config: &PodSandboxConfig) -> anyhow::Result<String> {
+    let request = RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
+    Ok(rt.run_pod_sandbox(request).await?.into_inner().pod_sandbox_id)
+}
+
+async fn create(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    image: &str,
+    name: &str,
+    script: &str,
+) -> anyhow::Result<String> {
+    let config = ContainerConfig {
+        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(ImageSpec { image: image.into(), ..ImageSpec::default() }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        labels: [("name".to_owned(), name.to_owned())].into(),
+        ..ContainerConfig::default()
+    };
+    let request = CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: Some(pod_config.clone()),
+    };
+    Ok(rt.create_container(request).await?.into_inner().container_id)
+}
+
+async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> anyhow::Result<cri_api::v1::ContainerStatus> {
+    let request = ContainerStatusRequest { container_id: id.into(), verbose: false };
+    Ok(rt.container_status(request).await?.into_inner().status.expect("status"))
+}
+
+async fn wait_state(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    state: ContainerState,
+    timeout: Duration,
+) -> anyhow::Result<cri_api::v1::ContainerStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = status(rt, id).await?;
+        if status.state == state as i32 {
+            return Ok(status);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "container {id} never reached {state:?}: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `(stream, tag, content)` of every CRI log line.
+fn log_lines(path: &Path) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(4, ' ');
+            let (_time, stream, tag) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((stream.to_owned(), tag.to_owned(), parts.next().unwrap_or("").to_owned()))
+        })
+        .collect()
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&prefix))
+        .collect()
+}
+
+fn monitors_of(run_root: &Path) -> usize {
+    let needle = run_root.display().to_string();
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    std::fs::read(e.path().join("cmdline"))
+                        .map(|c| {
+                            let cmdline = String::from_utf8_lossy(&c);
+                            cmdline.contains("internal") && cmdline.contains(&needle)
+                        })
+                        .unwrap_or(false)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn container_lifecycle_logs_exit_codes_and_cleanup() -> anyhow::Result<()> {
+    let Some((env, image)) = env("container_lifecycle_logs_exit_codes_and_cleanup").await? else { return Ok(()) };
+    let logs: PathBuf = env.dirs.temp.path().join("logs");
+    let mut rt = env.crius.runtime().await?;
+    let pod_config = pod_config("life", &logs);
+    let pod = run_pod(&mut rt, &pod_config).await?;
+
+    let short = create(&mut rt, &pod, &pod_config, &image, "short", "echo out; echo err >&2; echo $$; exit 3").await?;
+    assert_eq!(status(&mut rt, &short).await?.state, ContainerState::ContainerCreated as i32);
+    rt.start_container(StartContainerRequest { container_id: short.clone() }).await?;
+    let done = wait_state(&mut rt, &short, ContainerState::ContainerExited, Duration::from_secs(20)).await?;
+    assert_eq!(done.exit_code, 3);
+    assert_eq!(done.reason, "Error");
+    assert!(done.started_at > 0 && done.finished_at >= done.started_at);
+    let lines = log_lines(&logs.join("short.log"));
+    assert!(lines.contains(&("stdout".into(), "F".into(), "out".into())), "{lines:?}");
+    assert!(lines.contains(&("stderr".into(), "F".into(), "err".into())), "{lines:?}");
+    assert!(lines.contains(&("stdout".into(), "F".into(), "1".into())), "PID 1 of its own namespace: {lines:?}");
+
+    // A shell as PID 1 ignores SIGTERM: StopContainer kills it after the timeout.
+    let long = create(&mut rt, &pod, &pod_config, &image, "long", "while true; do sleep 1; done").await?;
+    rt.start_container(StartContainerRequest { container_id: long.clone() }).await?;
+    wait_state(&mut rt, &long, ContainerState::ContainerRunning, Duration::from_secs(10)).await?;
+    let filter = ContainerFilter {
+        state: Some(cri_api::v1::ContainerStateValue { state: ContainerState::ContainerRunning as i32 }),
+        ..ContainerFilter::default()
+    };
+    let running = rt.list_containers(ListContainersRequest { filter: Some(filter) }).await?.into_inner().containers;
+    assert_eq!(running.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [long.as_str()]);
+    rt.stop_container(StopContainerRequest { container_id: long.clone(), timeout: 1 }).await?;
+    let stopped = status(&mut rt, &long).await?;
+    assert_eq!(stopped.state, ContainerState::ContainerExited as i32);
+    assert_eq!(stopped.exit_code, 137, "{stopped:?}");
+    rt.stop_container(StopContainerRequest { container_id: long.clone(), timeout: 1 }).await?;
+
+    rt.remove_container(RemoveContainerRequest { container_id: short.clone() }).await?;
+    rt.remove_container(RemoveContainerRequest { container_id: short.clone() }).await?;
+    assert_eq!(rt.list_containers(ListContainersRequest::default()).await?.into_inner().containers.len(), 1);
+
+    rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;
+    assert!(rt.list_containers(ListContainersRequest::default()).await?.into_inner().containers.is_empty());
+    assert!(mounts_under(env.dirs.temp.path()).is_empty(), "{:?}", mounts_under(env.dirs.temp.path()));
+    assert_eq!(monitors_of(&env.dirs.run_root), 0, "no monitor left");
+    assert!(std::fs::read_dir(env.dirs.run_root.join("containers"))?.next().is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn containers_survive_a_crius_sigkill() -> anyhow::Result<()> {
+    let Some((env, image)) = env("containers_survive_a_crius_sigkill").await? else { return Ok(()) };
+    let ImageEnv { registry: _registry, dirs, crius: mut first, client: _ } = env;
+    let logs = dirs.temp.path().join("logs");
+    let mut rt = first.runtime().await?;
+    let pod_config = pod_config("keep", &logs);
+    let pod = run_pod(&mut rt, &pod_config).await?;
+    let ticker =
+        create(&mut rt, &pod, &pod_config, &image, "ticker", "while true; do echo tick; sleep 0.1; done").await?;
+    let exiter = create(&mut rt, &pod, &pod_config, &image, "exiter", "sleep 1; exit 7").await?;
+    for id in [&ticker, &exiter] {
+        rt.start_container(StartContainerRequest { container_id: id.clone() }).await?;
+    }
+    drop(rt);
+    first.signal(nix::sys::signal::Signal::SIGKILL)?;
+    first.wait_exit(Duration::from_secs(20)).await?;
+    let ticks_at_kill = log_lines(&logs.join("ticker.log")).len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(log_lines(&logs.join("ticker.log")).len() > ticks_at_kill, "logs keep flowing while crius is down");
+
+    let second = Crius::start(&dirs, &[]).await?;
+    let mut rt = second.runtime().await?;
+    assert_eq!(status(&mut rt, &ticker).await?.state, ContainerState::ContainerRunning as i32);
+    let exited = wait_state(&mut rt, &exiter, ContainerState::ContainerExited, Duration::from_secs(10)).await?;
+    assert_eq!(exited.exit_code, 7, "the exit during the outage is not lost");
+    rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;
+    assert!(mounts_under(dirs.temp.path()).is_empty());
+    assert_eq!(monitors_of(&dirs.run_root), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn create_container_failures_leave_nothing() -> anyhow::Result<()> {
+    let Some((env, image)) = env("create_container_failures_leave_nothing").await? else { return Ok(()) };
+    let logs = env.dirs.temp.path().join("logs");
+    let mut rt = env.crius.runtime().await?;
+    let pod_config = pod_config("fail", &logs);
+    let pod = run_pod(&mut rt, &pod_config).await?;
+    let mut config = ContainerConfig {
+        metadata: Some(ContainerMetadata { name: "nope".into(), attempt: 0 }),
+        image: Some(ImageSpec { image: image.clone(), ..ImageSpec::default() }),
+        command: vec!["/bin/does-not-exist".into()],
+        ..ContainerConfig::default()
+    };
+    let request = |config: ContainerConfig| CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(config),
+        sandbox_config: Some(pod_config.clone()),
+    };
+    let err = rt.create_container(request(config.clone())).await.expect_err("missing binary");
+    assert!(err.message().contains("/bin/does-not-exist"), "{}", err.message());
+    config.image = Some(ImageSpec { image: "127.0.0.1:1/never/pulled:1".into(), ..ImageSpec::default() });
+    let err = rt.create_container(request(config)).await.expect_err("unknown image");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(rt.list_containers(ListContainersRequest::default()).await?.into_inner().containers.is_empty());
+    assert_eq!(monitors_of(&env.dirs.run_root), 0);
+    assert!(mounts_under(&env.dirs.run_root.join("rootfs")).is_empty());
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;
+    Ok(())
+}
