@@ -80,6 +80,13 @@ pub enum Internal {
         /// The container's bundle directory.
         bundle: PathBuf,
     },
+    /// Run a command inside a running container (ExecSync, Exec).
+    Exec {
+        /// The container's bundle directory.
+        bundle: PathBuf,
+        /// JSON file with the command (`crius_sandbox::ns::exec::ExecRequest`).
+        request: PathBuf,
+    },
 }
 
 impl Cli {

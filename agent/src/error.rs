@@ -35,6 +35,9 @@ pub enum AgentError {
     /// The state store failed.
     #[error("state store")]
     Store(#[from] StoreError),
+    /// An operation ran out of time.
+    #[error("{0}")]
+    Timeout(String),
     /// The runtime (namespaces, cgroups, processes) failed.
     #[error("{0}")]
     Runtime(String),
@@ -52,6 +55,7 @@ pub fn status(error: &AgentError) -> tonic::Status {
         AgentError::NotFound { .. } => tonic::Status::not_found(message),
         AgentError::Unsupported { .. } => tonic::Status::unimplemented(message),
         AgentError::Store(_) | AgentError::Runtime(_) => tonic::Status::internal(message),
+        AgentError::Timeout(_) => tonic::Status::deadline_exceeded(message),
         AgentError::Image(e) => match e.kind() {
             ImageErrorKind::NotFound => tonic::Status::not_found(message),
             ImageErrorKind::InvalidArgument => tonic::Status::invalid_argument(message),

@@ -71,6 +71,15 @@ fn run_internal(internal: &Internal) -> ExitCode {
             Err(error::chain(&crius_sandbox::ns::monitor::run(bundle, &exe)))
         }
         Internal::Init { bundle } => Err(error::chain(&crius_sandbox::ns::init::run(bundle))),
+        Internal::Exec { bundle, request } => {
+            use crius_sandbox::ns::exec;
+            let failure = match exec::ExecRequest::load(request) {
+                Ok(request) => exec::run(bundle, &request),
+                Err(e) => e,
+            };
+            eprintln!("crius internal exec: {}", failure.report());
+            return ExitCode::from(u8::try_from(failure.exit_code()).unwrap_or(255));
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -268,3 +268,45 @@ async fn create_container_failures_leave_nothing() -> anyhow::Result<()> {
     rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn exec_sync_runs_in_the_container_with_exit_codes_and_timeouts() -> anyhow::Result<()> {
+    let Some((env, image)) = env("exec_sync_runs_in_the_container_with_exit_codes_and_timeouts").await? else {
+        return Ok(());
+    };
+    let logs = env.dirs.temp.path().join("logs");
+    let mut rt = env.crius.runtime().await?;
+    let pod_config = pod_config("exec", &logs);
+    let pod = run_pod(&mut rt, &pod_config).await?;
+    let id = create(&mut rt, &pod, &pod_config, &image, "target", "echo ready > /tmp/marker; sleep 1000").await?;
+    rt.start_container(StartContainerRequest { container_id: id.clone() }).await?;
+    wait_state(&mut rt, &id, ContainerState::ContainerRunning, Duration::from_secs(10)).await?;
+    let exec = |cmd: &str, timeout: i64| cri_api::v1::ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
+        timeout,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reply = loop {
+        let reply =
+            rt.exec_sync(exec("cat /tmp/marker; hostname; echo $$; echo oops >&2; exit 4", 0)).await?.into_inner();
+        if reply.exit_code == 4 || Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(reply.exit_code, 4, "{reply:?}");
+    let stdout = String::from_utf8_lossy(&reply.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..2], ["ready", "exec"], "sees the container's files and hostname: {stdout}");
+    assert_ne!(lines[2], "1", "a new process in the container's PID namespace");
+    assert_eq!(String::from_utf8_lossy(&reply.stderr), "oops\n");
+    let err = rt.exec_sync(exec("sleep 30", 1)).await.expect_err("timeout");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+    let missing =
+        rt.exec_sync(cri_api::v1::ExecSyncRequest { container_id: id.clone(), cmd: vec!["nope".into()], timeout: 0 });
+    assert_eq!(missing.await?.into_inner().exit_code, 127);
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;
+    assert_eq!(monitors_of(&env.dirs.run_root), 0);
+    Ok(())
+}

@@ -1,7 +1,7 @@
 //! The RPCs the foundation serves, over the real socket.
 
 use cri_api::v1::{
-    CheckpointContainerRequest, ExecSyncRequest, NetworkConfig, RunPodSandboxRequest, RuntimeConfig,
+    CheckpointContainerRequest, NetworkConfig, PortForwardRequest, RunPodSandboxRequest, RuntimeConfig,
     RuntimeConfigRequest, StatusRequest, UpdateRuntimeConfigRequest, VersionRequest,
 };
 use crius_e2e::{Crius, CriusDirs};
@@ -60,9 +60,9 @@ async fn runtime_config_reports_the_cgroup_driver() -> anyhow::Result<()> {
 async fn unsupported_rpcs_are_unimplemented_and_named() -> anyhow::Result<()> {
     let dirs = CriusDirs::new()?;
     let crius = Crius::start(&dirs, &[]).await?;
-    let err = crius.runtime().await?.exec_sync(ExecSyncRequest::default()).await.expect_err("not yet");
+    let err = crius.runtime().await?.port_forward(PortForwardRequest::default()).await.expect_err("not yet");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("ExecSync"), "{}", err.message());
+    assert!(err.message().contains("PortForward"), "{}", err.message());
 
     let err =
         crius.runtime().await?.checkpoint_container(CheckpointContainerRequest::default()).await.expect_err("not yet");

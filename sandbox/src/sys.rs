@@ -131,3 +131,55 @@ pub(crate) fn reset_signal_dispositions() {
         }
     }
 }
+
+/// Spawns `cmd` so that the child is killed (`SIGKILL`) when the calling
+/// thread exits: `prctl(PR_SET_PDEATHSIG, SIGKILL)` in the child, between
+/// `fork` and `execve`.
+///
+/// A parent that dies before the child's `prctl` would go unnoticed, and
+/// `getppid` cannot tell (the child may be in a PID namespace where its
+/// parent has no number). So the child also checks a pipe whose write end
+/// only the parent holds: hung up after the `prctl` means the parent is gone,
+/// and the child exits instead of running the command. The pipe is closed in
+/// the parent when this returns. Call it from a single-threaded process (a
+/// child forked meanwhile by another thread would hold the write end too).
+pub(crate) fn spawn_dying_with_parent(mut cmd: std::process::Command) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (read_fd, write_fd) = (read_end.as_raw_fd(), write_end.as_raw_fd());
+    let check = move || -> io::Result<()> {
+        // SAFETY: closes the child's copy of the pipe's write end, open here
+        // (inherited, close-on-exec) and used by nothing else in the child;
+        // without it, only the parent's keeps the pipe from hanging up.
+        // `close` is async-signal-safe.
+        unsafe { libc::close(write_fd) };
+        // SAFETY: `prctl(PR_SET_PDEATHSIG)` only sets a flag of the calling
+        // process; it is async-signal-safe and touches no memory.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut pfd = libc::pollfd { fd: read_fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: `pfd` is one valid pollfd on this stack frame, matching
+        // the count of 1, naming the pipe's read end (open in the child);
+        // a zero timeout never blocks. `poll` is async-signal-safe.
+        let rc = unsafe { libc::poll(&raw mut pfd, 1, 0) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if rc > 0 {
+            // Hung up: the parent died before PR_SET_PDEATHSIG took effect.
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(())
+    };
+    // SAFETY: `pre_exec` requires the closure to be sound in the forked
+    // child of a possibly multi-threaded process: it only makes the
+    // async-signal-safe calls above, allocates nothing, takes no lock and
+    // shares no memory with other threads (it captures two integers by value).
+    unsafe { cmd.pre_exec(check) };
+    let child = cmd.spawn();
+    drop(read_end);
+    drop(write_end);
+    child
+}

@@ -311,6 +311,18 @@ pub fn list_containers(
     Ok(ListContainersResponse { containers })
 }
 
+/// The bundle of a running container (for exec).
+pub fn running_bundle(state: &AgentState, id: &str) -> Result<PathBuf, AgentError> {
+    let record = refresh(state, find(state, id)?)?;
+    if record.state != ContainerState::Running {
+        return Err(AgentError::InvalidArgument {
+            field: "container_id",
+            reason: format!("container {} is not running", record.id),
+        });
+    }
+    Ok(details(&record).bundle)
+}
+
 /// Every container of a pod.
 pub fn containers_of(state: &AgentState, pod_id: &str) -> Result<Vec<ContainerRecord>, AgentError> {
     Ok(state.store.list::<ContainerRecord>()?.into_iter().filter(|c| c.pod_id == pod_id).collect())

@@ -8,6 +8,7 @@
 
 pub mod container_spec;
 pub mod containers;
+pub mod exec_sync;
 pub mod ids;
 pub mod images;
 pub mod pods;
@@ -22,16 +23,16 @@ use cri_api::v1::image_service_server::ImageService;
 use cri_api::v1::runtime_service_server::RuntimeService;
 use cri_api::v1::{
     ContainerStatsRequest, ContainerStatsResponse, ContainerStatusRequest, ContainerStatusResponse,
-    CreateContainerRequest, CreateContainerResponse, ImageFsInfoRequest, ImageFsInfoResponse, ImageStatusRequest,
-    ImageStatusResponse, ListContainerStatsRequest, ListContainerStatsResponse, ListContainersRequest,
-    ListContainersResponse, ListImagesRequest, ListImagesResponse, ListPodSandboxRequest, ListPodSandboxResponse,
-    ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, PodSandboxStatsRequest, PodSandboxStatsResponse,
-    PodSandboxStatusRequest, PodSandboxStatusResponse, PullImageRequest, PullImageResponse, RemoveContainerRequest,
-    RemoveContainerResponse, RemoveImageRequest, RemoveImageResponse, RemovePodSandboxRequest,
-    RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse, RuntimeConfigRequest, RuntimeConfigResponse,
-    StartContainerRequest, StartContainerResponse, StatusRequest, StatusResponse, StopContainerRequest,
-    StopContainerResponse, StopPodSandboxRequest, StopPodSandboxResponse, UpdateRuntimeConfigRequest,
-    UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
+    CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, ImageFsInfoRequest,
+    ImageFsInfoResponse, ImageStatusRequest, ImageStatusResponse, ListContainerStatsRequest,
+    ListContainerStatsResponse, ListContainersRequest, ListContainersResponse, ListImagesRequest, ListImagesResponse,
+    ListPodSandboxRequest, ListPodSandboxResponse, ListPodSandboxStatsRequest, ListPodSandboxStatsResponse,
+    PodSandboxStatsRequest, PodSandboxStatsResponse, PodSandboxStatusRequest, PodSandboxStatusResponse,
+    PullImageRequest, PullImageResponse, RemoveContainerRequest, RemoveContainerResponse, RemoveImageRequest,
+    RemoveImageResponse, RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest,
+    RunPodSandboxResponse, RuntimeConfigRequest, RuntimeConfigResponse, StartContainerRequest, StartContainerResponse,
+    StatusRequest, StatusResponse, StopContainerRequest, StopContainerResponse, StopPodSandboxRequest,
+    StopPodSandboxResponse, UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -232,6 +233,12 @@ impl RuntimeService for CriService {
         request: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
         self.blocking(request, containers::list_containers).await
+    }
+
+    async fn exec_sync(&self, request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+        let request = request.into_inner();
+        ids::record(&request);
+        exec_sync::exec_sync(&self.state, request).await.map(Response::new).map_err(Status::from)
     }
 
     async fn container_stats(

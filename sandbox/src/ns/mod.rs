@@ -4,6 +4,7 @@
 //! `config.json`) and the processes that run a container.
 
 pub mod container;
+pub mod exec;
 pub mod init;
 #[allow(unsafe_code)]
 mod loopback;

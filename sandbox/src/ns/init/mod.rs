@@ -48,8 +48,8 @@
 //! `rt_sigaction`… and `execve` run under the filter.
 
 mod error;
-mod prepare;
-mod steps;
+pub(crate) mod prepare;
+pub(crate) mod steps;
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};

@@ -19,11 +19,11 @@ pub(super) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:
 
 /// The spec, checked and turned into what the system calls take.
 #[derive(Debug)]
-pub(super) struct Prepared {
+pub(crate) struct Prepared {
     /// Capability sets to apply.
-    pub(super) caps: CapSet,
+    pub(crate) caps: CapSet,
     /// Resource limits, in spec order.
-    pub(super) rlimits: Vec<Rlimit>,
+    pub(crate) rlimits: Vec<Rlimit>,
     /// Sysctls, in key order.
     pub(super) sysctls: Vec<Sysctl>,
     /// argv for `execve`.
@@ -31,12 +31,12 @@ pub(super) struct Prepared {
     /// envp for `execve`.
     pub(super) envp: Vec<CString>,
     /// The compiled seccomp filter; `None` when unconfined.
-    pub(super) seccomp: Option<BpfProgram>,
+    pub(crate) seccomp: Option<BpfProgram>,
 }
 
 /// One resource limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Rlimit {
+pub(crate) struct Rlimit {
     /// The name as given.
     pub(super) name: String,
     /// The resource.
@@ -59,7 +59,7 @@ pub(super) struct Sysctl {
 }
 
 /// Checks `spec` and computes everything `init` applies later.
-pub(super) fn prepare(spec: &ContainerSpec) -> Result<Prepared, InitError> {
+pub(crate) fn prepare(spec: &ContainerSpec) -> Result<Prepared, InitError> {
     let process = &spec.process;
     if process.args.is_empty() {
         return Err(invalid("process.args", "empty"));

@@ -30,7 +30,7 @@ use crate::sys;
 pub const READY_FD_ENV: &str = "CRIUS_INIT_READY_FD";
 
 /// Reads and parses `<bundle>/config.json`.
-pub(super) fn load_spec(bundle: &Path) -> Result<ContainerSpec, InitError> {
+pub(crate) fn load_spec(bundle: &Path) -> Result<ContainerSpec, InitError> {
     let path = bundle.join(crate::ns::spec::SPEC_FILE);
     let text = fs::read(&path).map_err(|source| InitError::ReadSpec { path: path.clone(), source })?;
     serde_json::from_slice(&text).map_err(|source| InitError::ParseSpec { path, source })
@@ -107,7 +107,7 @@ pub(super) fn write_sysctls(sysctls: &[Sysctl]) -> Result<(), InitError> {
 }
 
 /// Sets the resource limits.
-pub(super) fn set_rlimits(rlimits: &[Rlimit]) -> Result<(), InitError> {
+pub(crate) fn set_rlimits(rlimits: &[Rlimit]) -> Result<(), InitError> {
     for r in rlimits {
         setrlimit(r.resource, r.soft, r.hard).map_err(|source| InitError::Rlimit {
             name: r.name.clone(),
@@ -121,7 +121,7 @@ pub(super) fn set_rlimits(rlimits: &[Rlimit]) -> Result<(), InitError> {
 
 /// Writes `oom_score_adj`, raised to the current value when lower: lowering
 /// it needs `CAP_SYS_RESOURCE`, which this host's root lacks.
-pub(super) fn set_oom_score_adj(wanted: Option<i32>) -> Result<(), InitError> {
+pub(crate) fn set_oom_score_adj(wanted: Option<i32>) -> Result<(), InitError> {
     let Some(wanted) = wanted else { return Ok(()) };
     let file = Path::new("/proc/self/oom_score_adj");
     let fail = |value| move |source| InitError::OomScoreAdj { value, source };
@@ -136,7 +136,7 @@ pub(super) fn set_oom_score_adj(wanted: Option<i32>) -> Result<(), InitError> {
 }
 
 /// Asks AppArmor to confine the program `execve` starts.
-pub(super) fn set_apparmor(profile: Option<&str>) -> Result<(), InitError> {
+pub(crate) fn set_apparmor(profile: Option<&str>) -> Result<(), InitError> {
     let Some(profile) = profile else { return Ok(()) };
     let fail = |source| InitError::AppArmor { profile: profile.to_owned(), source };
     let modern = Path::new("/proc/thread-self/attr/apparmor/exec");
@@ -171,7 +171,7 @@ pub(super) fn make_cwd(cwd: &str, user: &UserSpec) -> Result<(), InitError> {
 /// `chdir(cwd)`. `Ok(false)` when denied: the caller tries again as the
 /// container's user (a directory root cannot enter is rare; one the user
 /// can only enter once it is that user is not).
-pub(super) fn enter_cwd(cwd: &str, may_defer: bool) -> Result<bool, InitError> {
+pub(crate) fn enter_cwd(cwd: &str, may_defer: bool) -> Result<bool, InitError> {
     match chdir(cwd) {
         Ok(()) => Ok(true),
         Err(Errno::EACCES | Errno::EPERM) if may_defer => Ok(false),
@@ -182,7 +182,7 @@ pub(super) fn enter_cwd(cwd: &str, may_defer: bool) -> Result<bool, InitError> {
 /// Sets `no_new_privs` when asked, then installs the seccomp filter, if any.
 /// Without `no_new_privs` the filter needs `CAP_SYS_ADMIN`: call it before
 /// [`set_identity`] then.
-pub(super) fn confine(seccomp: Option<&BpfProgram>, no_new_privs: bool) -> Result<(), InitError> {
+pub(crate) fn confine(seccomp: Option<&BpfProgram>, no_new_privs: bool) -> Result<(), InitError> {
     match seccomp {
         Some(prog) => sys::install_seccomp_filter(prog, no_new_privs)
             .map_err(|source| InitError::Confine { step: "install seccomp filter", source }),
@@ -199,7 +199,7 @@ pub(super) fn confine(seccomp: Option<&BpfProgram>, no_new_privs: bool) -> Resul
 /// `setresuid` away from uid 0 (effective is cleared), and
 /// [`CapSet::apply`] raises effective to permitted again before it uses
 /// `CAP_SETPCAP` to shrink every set.
-pub(super) fn set_identity(user: &UserSpec, caps: &CapSet) -> Result<(), InitError> {
+pub(crate) fn set_identity(user: &UserSpec, caps: &CapSet) -> Result<(), InitError> {
     let step = |step: String| move |source| InitError::Identity { step, source };
     let groups: Vec<Gid> = user.additional_gids.iter().copied().map(Gid::from_raw).collect();
     setgroups(&groups).map_err(step(format!("setgroups({:?})", user.additional_gids)))?;
@@ -214,7 +214,7 @@ pub(super) fn set_identity(user: &UserSpec, caps: &CapSet) -> Result<(), InitErr
 /// The program to exec: `args[0]` itself when it has a `/`, else its match
 /// in the container's `PATH`. Checked now, as the container's user, so
 /// that a missing binary fails CreateContainer, not StartContainer.
-pub(super) fn resolve_program(arg0: &str, env: &[String]) -> Result<PathBuf, InitError> {
+pub(crate) fn resolve_program(arg0: &str, env: &[String]) -> Result<PathBuf, InitError> {
     let executable = |p: &Path| p.is_file() && access(p, AccessFlags::X_OK).is_ok();
     if !arg0.contains('/') {
         return search_path(arg0, env, executable);
@@ -229,7 +229,7 @@ pub(super) fn resolve_program(arg0: &str, env: &[String]) -> Result<PathBuf, Ini
 
 /// Resets signal dispositions and the signal mask, so the container starts
 /// with none ignored (the Rust runtime ignores `SIGPIPE`) or blocked.
-pub(super) fn reset_signals() {
+pub(crate) fn reset_signals() {
     sys::reset_signal_dispositions();
     if let Err(e) = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None) {
         tracing::debug!(error = %e, "could not clear the signal mask");

@@ -1,0 +1,519 @@
+//! `crius internal exec <bundle> <request.json>`: runs a command inside a
+//! running container (CRI `ExecSync`, later `Exec`).
+//!
+//! The agent writes an [`ExecRequest`] to a file and starts this process
+//! (re-executed `crius`, single-threaded, as root) with the stdio the command
+//! should get. [`run`], in this order:
+//!
+//! 1. marks inherited descriptors from 3 on close-on-exec, checks the
+//!    request, reads `<bundle>/config.json` and prepares it as `init` does
+//!    (capabilities, rlimits, the seccomp program: a `Localhost` profile is
+//!    read now, on the host) with the request's argv and environment
+//!    (`process.env`, then `env_extra`, which overrides equal keys);
+//! 2. reads `<bundle>/init.pid` and checks the recorded start time, so a
+//!    recycled pid is never taken for the container's process;
+//! 3. opens `/proc/<pid>/ns/{ipc,uts,net,pid,mnt}` and reads
+//!    `/proc/<pid>/cgroup`, then checks the process again: the descriptors
+//!    hold the namespaces even if it exits now;
+//! 4. joins the container's cgroups by writing its own pid to `cgroup.procs`:
+//!    each v1 line with controllers (named hierarchies such as
+//!    `name=systemd` are left alone, unmounted controllers skipped), or the
+//!    `0::` line on a pure v2 host (a hybrid host's unified hierarchy is left
+//!    alone, as [`crate::cgroups`] does);
+//! 5. rlimits, `oom_score_adj`, the AppArmor exec profile (through the host's
+//!    `/proc`, before the container's hides it);
+//! 6. `setns` into IPC, UTS, net, PID and mount, mount last (it moves the
+//!    root and working directory into the container's root);
+//! 7. working directory, seccomp, identity, capabilities, `args[0]` in the
+//!    container's `PATH`, `no_new_privs`, in `init`'s order (see
+//!    [`crate::ns::init`]), and resets signal dispositions and mask;
+//! 8. `setns(CLONE_NEWPID)` only places children in the namespace, so it
+//!    spawns the command as a child (killed with `SIGKILL` if this process
+//!    dies: the agent kills it on timeout), waits, and exits with the
+//!    command's exit code, 128 + the signal when it was killed.
+
+use std::convert::Infallible;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::errno::Errno;
+use nix::sched::{CloneFlags, setns, unshare};
+use serde::{Deserialize, Serialize};
+
+use super::container::read_pid_file;
+use super::init::InitError;
+use super::init::prepare::{Prepared, prepare};
+use super::init::steps;
+use super::spec::{ContainerSpec, INIT_PID_FILE};
+use crate::cgroups::{CgroupError, CgroupMode, detect_host};
+
+/// Exit code of [`ExecError::exit_code`] when the command could not be found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+/// Exit code of [`ExecError::exit_code`] when the command could not be executed.
+pub const EXIT_CANNOT_EXECUTE: i32 = 126;
+/// Exit code of [`ExecError::exit_code`] when the set-up failed before the
+/// command was looked up (container not running, namespaces, cgroups, …).
+pub const EXIT_SETUP_FAILED: i32 = 255;
+
+/// The namespaces joined, in order: mount last.
+const NAMESPACES: [(&str, CloneFlags); 5] = [
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+/// What to run in the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// argv; `args[0]` is looked up in the container's `PATH` when it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=value` entries added to the container's environment (overriding
+    /// entries with the same key).
+    #[serde(default)]
+    pub env_extra: Vec<String>,
+    /// Allocate a terminal. Not supported yet.
+    #[serde(default)]
+    pub tty: bool,
+}
+
+impl ExecRequest {
+    /// Reads a request from a JSON file.
+    pub fn load(path: &Path) -> Result<Self, ExecError> {
+        let text = fs::read(path).map_err(|source| ExecError::ReadRequest { path: path.to_owned(), source })?;
+        serde_json::from_slice(&text).map_err(|source| ExecError::ParseRequest { path: path.to_owned(), source })
+    }
+}
+
+/// Why the exec helper could not run the command.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The request file could not be read.
+    #[error("read exec request {}", path.display())]
+    ReadRequest {
+        /// The request file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The request file is not a valid [`ExecRequest`].
+    #[error("parse exec request {}", path.display())]
+    ParseRequest {
+        /// The request file.
+        path: PathBuf,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A field of the request cannot be used.
+    #[error("invalid exec request: {field}: {reason}")]
+    InvalidRequest {
+        /// The field (`args`, `env_extra[2]`).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The request asks for something not implemented yet (`tty`).
+    #[error("exec: {0} is not supported")]
+    Unsupported(&'static str),
+    /// The container's pid file could not be read.
+    #[error("read container pid file {}", path.display())]
+    ReadPid {
+        /// The pid file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The container's process is gone (or its pid was recycled).
+    #[error("container {} is not running (pid {pid})", bundle.display())]
+    NotRunning {
+        /// The bundle.
+        bundle: PathBuf,
+        /// The recorded pid.
+        pid: i32,
+    },
+    /// A namespace of the container's process could not be opened.
+    #[error("open {kind} namespace {}", path.display())]
+    OpenNamespace {
+        /// `ipc`, `uts`, `net`, `pid` or `mnt`.
+        kind: &'static str,
+        /// `/proc/<pid>/ns/<kind>`.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Joining a namespace failed.
+    #[error("join {kind} namespace of pid {pid}")]
+    Setns {
+        /// `ipc`, `uts`, `net`, `pid` or `mnt`.
+        kind: &'static str,
+        /// The container's process.
+        pid: i32,
+        /// The errno.
+        #[source]
+        source: Errno,
+    },
+    /// `unshare(CLONE_FS)` (needed before joining a mount namespace) failed.
+    #[error("unshare the filesystem attributes")]
+    UnshareFs {
+        /// The errno.
+        #[source]
+        source: Errno,
+    },
+    /// The container's cgroups could not be read or the host's cgroup
+    /// mounts could not be found.
+    #[error("cgroups of pid {pid}")]
+    Cgroups {
+        /// The container's process.
+        pid: i32,
+        /// Why.
+        #[source]
+        source: CgroupError,
+    },
+    /// Joining one of the container's cgroups failed.
+    #[error("join cgroup {}", path.display())]
+    JoinCgroup {
+        /// The `cgroup.procs` file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A step shared with `init` failed (reading or checking the spec,
+    /// limits, working directory, identity, capabilities, seccomp, finding
+    /// the program).
+    #[error("exec set-up")]
+    Setup {
+        /// The step's error.
+        #[source]
+        source: InitError,
+    },
+    /// Spawning the command failed.
+    #[error("exec {}", program.display())]
+    Spawn {
+        /// The resolved program.
+        program: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Waiting for the command failed.
+    #[error("wait for {}", program.display())]
+    Wait {
+        /// The resolved program.
+        program: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ExecError {
+    /// The error and its sources, joined by `": "`: the line to print.
+    pub fn report(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+
+    /// The exit code the helper should exit with, as shells do:
+    /// [`EXIT_NOT_FOUND`] for a missing program, [`EXIT_CANNOT_EXECUTE`] for
+    /// one that cannot be run, else [`EXIT_SETUP_FAILED`].
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Setup { source: InitError::NotInPath { .. } | InitError::Exec { errno: Errno::ENOENT, .. } } => {
+                EXIT_NOT_FOUND
+            }
+            Self::Setup { source: InitError::Exec { .. } } => EXIT_CANNOT_EXECUTE,
+            Self::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+            Self::Spawn { .. } => EXIT_CANNOT_EXECUTE,
+            _ => EXIT_SETUP_FAILED,
+        }
+    }
+}
+
+fn setup(source: InitError) -> ExecError {
+    ExecError::Setup { source }
+}
+
+/// The body of `crius internal exec <bundle> <request.json>`: runs
+/// `request` in the container of `bundle` as described in the
+/// [module docs](self).
+///
+/// Never returns on success: it exits the process with the command's exit
+/// code (128 + the signal when it was killed). On failure it returns why;
+/// the caller prints [`ExecError::report`] to stderr and exits with
+/// [`ExecError::exit_code`]. Call it single-threaded, as root, with the
+/// stdio the command should inherit.
+pub fn run(bundle: &Path, request: &ExecRequest) -> ExecError {
+    match exec(bundle, request) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn exec(bundle: &Path, request: &ExecRequest) -> Result<Infallible, ExecError> {
+    if let Err(e) = crate::sys::set_cloexec_from(3) {
+        tracing::debug!(error = %e, "could not mark inherited descriptors close-on-exec");
+    }
+    check_request(request)?;
+    let mut spec = steps::load_spec(bundle).map_err(setup)?;
+    exec_spec(&mut spec, request);
+    let prepared = prepare(&spec).map_err(setup)?;
+
+    let pid_path = bundle.join(INIT_PID_FILE);
+    let record = read_pid_file(&pid_path).map_err(|source| ExecError::ReadPid { path: pid_path, source })?;
+    let not_running = || ExecError::NotRunning { bundle: bundle.to_owned(), pid: record.pid };
+    if !record.is_alive() {
+        return Err(not_running());
+    }
+    let namespaces = open_namespaces(record.pid)?;
+    let cgroup_text = fs::read_to_string(format!("/proc/{}/cgroup", record.pid));
+    // The descriptors are the recorded process's only if it still is that
+    // process now (its pid may have been recycled meanwhile).
+    if !record.is_alive() {
+        return Err(not_running());
+    }
+    let cgroup_text = cgroup_text.map_err(|source| ExecError::Cgroups {
+        pid: record.pid,
+        source: CgroupError::Read { path: format!("/proc/{}/cgroup", record.pid).into(), source },
+    })?;
+    join_cgroups(record.pid, &cgroup_text)?;
+
+    steps::set_rlimits(&prepared.rlimits).map_err(setup)?;
+    steps::set_oom_score_adj(spec.process.oom_score_adj).map_err(setup)?;
+    steps::set_apparmor(spec.process.apparmor_profile.as_deref()).map_err(setup)?;
+    join_namespaces(record.pid, namespaces)?;
+
+    let program = become_user(&spec, &prepared)?;
+    steps::reset_signals();
+    let mut cmd = Command::new(&program);
+    cmd.arg0(&request.args[0]).args(&request.args[1..]).env_clear();
+    for entry in &spec.process.env {
+        match entry.split_once('=') {
+            Some((key, value)) if !key.is_empty() => {
+                cmd.env(key, value);
+            }
+            _ => tracing::debug!(entry, "environment entry without a key ignored"),
+        }
+    }
+    let mut child = crate::sys::spawn_dying_with_parent(cmd)
+        .map_err(|source| ExecError::Spawn { program: program.clone(), source })?;
+    let status = child.wait().map_err(|source| ExecError::Wait { program, source })?;
+    let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(EXIT_SETUP_FAILED);
+    std::process::exit(code)
+}
+
+fn check_request(request: &ExecRequest) -> Result<(), ExecError> {
+    let invalid = |field: String, reason: &str| ExecError::InvalidRequest { field, reason: reason.to_owned() };
+    if request.tty {
+        return Err(ExecError::Unsupported("tty"));
+    }
+    if request.args.is_empty() || request.args[0].is_empty() {
+        return Err(invalid("args".to_owned(), "no command"));
+    }
+    if let Some(i) = request.args.iter().position(|a| a.contains('\0')) {
+        return Err(invalid(format!("args[{i}]"), "contains a NUL byte"));
+    }
+    for (i, entry) in request.env_extra.iter().enumerate() {
+        let reason = match entry.split_once('=') {
+            _ if entry.contains('\0') => "contains a NUL byte",
+            Some((key, _)) if !key.is_empty() => continue,
+            _ => "not KEY=value",
+        };
+        return Err(invalid(format!("env_extra[{i}]"), reason));
+    }
+    Ok(())
+}
+
+/// Turns the container's spec into the exec process's: the request's argv,
+/// the environment with `env_extra` merged in, no sysctls (they are the
+/// container's, written once by `init`).
+fn exec_spec(spec: &mut ContainerSpec, request: &ExecRequest) {
+    spec.process.args.clone_from(&request.args);
+    spec.process.env = merge_env(&spec.process.env, &request.env_extra);
+    spec.sysctls.clear();
+}
+
+/// `base` with each entry of `extra` replacing the entries of the same key
+/// (or appended).
+fn merge_env(base: &[String], extra: &[String]) -> Vec<String> {
+    let key = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_owned();
+    let mut env: Vec<String> = base.to_vec();
+    for entry in extra {
+        let k = key(entry);
+        env.retain(|e| key(e) != k);
+        env.push(entry.clone());
+    }
+    env
+}
+
+fn open_namespaces(pid: i32) -> Result<Vec<(&'static str, CloneFlags, File)>, ExecError> {
+    NAMESPACES
+        .iter()
+        .map(|&(kind, flag)| {
+            let path = PathBuf::from(format!("/proc/{pid}/ns/{kind}"));
+            File::open(&path).map(|f| (kind, flag, f)).map_err(|source| ExecError::OpenNamespace { kind, path, source })
+        })
+        .collect()
+}
+
+fn join_namespaces(pid: i32, namespaces: Vec<(&'static str, CloneFlags, File)>) -> Result<(), ExecError> {
+    // setns(CLONE_NEWNS) needs filesystem attributes of our own (a threaded
+    // caller shares them); a no-op in a single-threaded process.
+    unshare(CloneFlags::CLONE_FS).map_err(|source| ExecError::UnshareFs { source })?;
+    for (kind, flag, file) in namespaces {
+        setns(&file, flag).map_err(|source| ExecError::Setns { kind, pid, source })?;
+    }
+    Ok(())
+}
+
+/// Writes our pid to the `cgroup.procs` file of every cgroup the container's
+/// process is in.
+fn join_cgroups(pid: i32, cgroup_text: &str) -> Result<(), ExecError> {
+    let mode = detect_host().map_err(|source| ExecError::Cgroups { pid, source })?;
+    let me = std::process::id().to_string();
+    for path in cgroup_procs_files(&mode, cgroup_text) {
+        fs::write(&path, &me).map_err(|source| ExecError::JoinCgroup { path, source })?;
+    }
+    Ok(())
+}
+
+/// The `cgroup.procs` files of the cgroups listed in a `/proc/<pid>/cgroup`
+/// text, for the hierarchies `mode` manages.
+fn cgroup_procs_files(mode: &CgroupMode, cgroup_text: &str) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for line in cgroup_text.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_id), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let root = match mode {
+            CgroupMode::V2 { root } if controllers.is_empty() => Some(root.as_path()),
+            CgroupMode::V1 { .. } if !controllers.is_empty() && !controllers.starts_with("name=") => {
+                controllers.split(',').find_map(|c| mode.hierarchy_of(c))
+            }
+            _ => None,
+        };
+        let Some(root) = root else {
+            tracing::debug!(line, "cgroup hierarchy left alone");
+            continue;
+        };
+        let file = root.join(path.trim_start_matches('/')).join("cgroup.procs");
+        if !files.contains(&file) {
+            files.push(file);
+        }
+    }
+    files
+}
+
+/// `init`'s steps 7 to 11 for the exec process: working directory,
+/// identity, capabilities, the program, `no_new_privs` and seccomp. Returns
+/// the program to run.
+fn become_user(spec: &ContainerSpec, prepared: &Prepared) -> Result<PathBuf, ExecError> {
+    let process = &spec.process;
+    let nnp = process.no_new_privileges;
+    let in_cwd = steps::enter_cwd(&process.cwd, true).map_err(setup)?;
+    if !nnp {
+        steps::confine(prepared.seccomp.as_ref(), false).map_err(setup)?;
+    }
+    steps::set_identity(&process.user, &prepared.caps).map_err(setup)?;
+    if !in_cwd {
+        steps::enter_cwd(&process.cwd, false).map_err(setup)?;
+    }
+    let program = steps::resolve_program(&process.args[0], &process.env).map_err(setup)?;
+    if nnp {
+        steps::confine(prepared.seccomp.as_ref(), true).map_err(setup)?;
+    }
+    Ok(program)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn env_extra_overrides_and_appends() {
+        let base = vec!["PATH=/bin".to_owned(), "A=1".to_owned(), "B=2".to_owned()];
+        let extra = vec!["A=x".to_owned(), "C=3".to_owned(), "PATH=/usr/bin".to_owned()];
+        assert_eq!(merge_env(&base, &extra), ["B=2", "A=x", "C=3", "PATH=/usr/bin"]);
+        assert_eq!(merge_env(&base, &[]), base);
+    }
+
+    #[test]
+    fn requests_are_checked() {
+        let ok = ExecRequest { args: vec!["ls".into()], env_extra: vec!["A=".into()], tty: false };
+        assert!(check_request(&ok).is_ok());
+        let tty = ExecRequest { tty: true, ..ok.clone() };
+        assert!(matches!(check_request(&tty), Err(ExecError::Unsupported("tty"))));
+        let cases = [
+            (ExecRequest { args: vec![], ..ok.clone() }, "args"),
+            (ExecRequest { args: vec![String::new()], ..ok.clone() }, "args"),
+            (ExecRequest { args: vec!["a".into(), "b\0".into()], ..ok.clone() }, "args[1]"),
+            (ExecRequest { env_extra: vec!["A=1".into(), "B".into()], ..ok.clone() }, "env_extra[1]"),
+            (ExecRequest { env_extra: vec!["=1".into()], ..ok.clone() }, "env_extra[0]"),
+            (ExecRequest { env_extra: vec!["A=\0".into()], ..ok.clone() }, "env_extra[0]"),
+        ];
+        for (request, want) in cases {
+            match check_request(&request) {
+                Err(ExecError::InvalidRequest { field, .. }) => assert_eq!(field, want, "{request:?}"),
+                other => panic!("{request:?}: {other:?}"),
+            }
+        }
+        let parsed: ExecRequest = serde_json::from_str(r#"{"args":["sh"]}"#).expect("defaults");
+        assert_eq!(parsed, ExecRequest { args: vec!["sh".into()], ..Default::default() });
+    }
+
+    #[test]
+    fn cgroup_files_follow_the_hierarchies() {
+        let text = "12:pids:/crius/c1\n4:cpu,cpuacct:/crius/c1\n3:hugetlb:/crius/c1\n\
+                    1:name=systemd:/user.slice\n0::/crius/c1\n";
+        let mounts: BTreeMap<String, PathBuf> = [
+            ("pids", "/sys/fs/cgroup/pids"),
+            ("cpu", "/sys/fs/cgroup/cpu,cpuacct"),
+            ("cpuacct", "/sys/fs/cgroup/cpu,cpuacct"),
+        ]
+        .into_iter()
+        .map(|(c, p)| (c.to_owned(), PathBuf::from(p)))
+        .collect();
+        let v1 = cgroup_procs_files(&CgroupMode::V1 { mounts }, text);
+        assert_eq!(
+            v1,
+            [
+                PathBuf::from("/sys/fs/cgroup/pids/crius/c1/cgroup.procs"),
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/crius/c1/cgroup.procs"),
+            ]
+        );
+        let v2 = cgroup_procs_files(&CgroupMode::V2 { root: "/sys/fs/cgroup".into() }, "0::/crius/c1\n");
+        assert_eq!(v2, [PathBuf::from("/sys/fs/cgroup/crius/c1/cgroup.procs")]);
+        let root = cgroup_procs_files(&CgroupMode::V2 { root: "/sys/fs/cgroup".into() }, "0::/\n");
+        assert_eq!(root, [PathBuf::from("/sys/fs/cgroup/cgroup.procs")]);
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell_convention() {
+        let not_in_path = setup(InitError::NotInPath { name: "x".into(), path: "/bin".into() });
+        assert_eq!(not_in_path.exit_code(), EXIT_NOT_FOUND);
+        let enoent = setup(InitError::Exec { path: "/x".into(), errno: Errno::ENOENT });
+        assert_eq!(enoent.exit_code(), EXIT_NOT_FOUND);
+        let eacces = setup(InitError::Exec { path: "/x".into(), errno: Errno::EACCES });
+        assert_eq!(eacces.exit_code(), EXIT_CANNOT_EXECUTE);
+        assert!(eacces.report().ends_with("exec /x: Permission denied"), "{}", eacces.report());
+        let gone = ExecError::NotRunning { bundle: "/b".into(), pid: 4 };
+        assert_eq!(gone.exit_code(), EXIT_SETUP_FAILED);
+    }
+}
