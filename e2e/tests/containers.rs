@@ -232,6 +232,17 @@ async fn containers_survive_a_crius_sigkill() -> anyhow::Result<()> {
     assert_eq!(status(&mut rt, &ticker).await?.state, ContainerState::ContainerRunning as i32);
     let exited = wait_state(&mut rt, &exiter, ContainerState::ContainerExited, Duration::from_secs(10)).await?;
     assert_eq!(exited.exit_code, 7, "the exit during the outage is not lost");
+
+    // kubelet's log rotation: rename, then ReopenContainerLog.
+    std::fs::rename(logs.join("ticker.log"), logs.join("ticker.log.1"))?;
+    rt.reopen_container_log(cri_api::v1::ReopenContainerLogRequest { container_id: ticker.clone() }).await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while log_lines(&logs.join("ticker.log")).is_empty() {
+        anyhow::ensure!(Instant::now() < deadline, "no lines in the reopened log");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = rt.reopen_container_log(cri_api::v1::ReopenContainerLogRequest { container_id: exiter.clone() }).await;
+    assert_eq!(err.expect_err("not running").code(), tonic::Code::InvalidArgument);
     rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
     rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;
     assert!(mounts_under(dirs.temp.path()).is_empty());
@@ -303,6 +314,9 @@ async fn exec_sync_runs_in_the_container_with_exit_codes_and_timeouts() -> anyho
     assert_eq!(String::from_utf8_lossy(&reply.stderr), "oops\n");
     let err = rt.exec_sync(exec("sleep 30", 1)).await.expect_err("timeout");
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+    let ps = rt.exec_sync(exec("ps", 0)).await?.into_inner();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(!ps.contains("sleep 30") && !ps.contains("[sleep]"), "the timed-out command is gone and reaped: {ps}");
     let missing =
         rt.exec_sync(cri_api::v1::ExecSyncRequest { container_id: id.clone(), cmd: vec!["nope".into()], timeout: 0 });
     assert_eq!(missing.await?.into_inner().exit_code, 127);

@@ -171,6 +171,19 @@ pub(crate) fn spawn_dying_with_parent(mut cmd: std::process::Command) -> io::Res
             // Hung up: the parent died before PR_SET_PDEATHSIG took effect.
             return Err(io::Error::from_raw_os_error(libc::ESRCH));
         }
+        // The parent blocks the signals it waits for; the command must
+        // start with none blocked.
+        // SAFETY: `empty` is a local sigset initialised by `sigemptyset`
+        // before use; `pthread_sigmask` with SIG_SETMASK only reads it and
+        // is async-signal-safe; the old mask is not requested (null).
+        let rc = unsafe {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&raw mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
         Ok(())
     };
     // SAFETY: `pre_exec` requires the closure to be sound in the forked

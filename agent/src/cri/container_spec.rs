@@ -177,6 +177,12 @@ fn user(
     let group = read_in_rootfs(rootfs, "/etc/group");
     let invalid =
         |reason: String| AgentError::InvalidArgument { field: "config.linux.security_context.run_as_username", reason };
+    if security.run_as_group.is_some() && security.run_as_user.is_none() && security.run_as_username.is_empty() {
+        return Err(AgentError::InvalidArgument {
+            field: "config.linux.security_context.run_as_group",
+            reason: "run_as_group needs run_as_user or run_as_username".into(),
+        });
+    }
     let (uid, name, primary_gid) = if let Some(uid) = &security.run_as_user {
         let uid = u32::try_from(uid.value).map_err(|_| invalid(format!("uid {} out of range", uid.value)))?;
         let entry = passwd_by_uid(&passwd, uid);

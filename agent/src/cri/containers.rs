@@ -311,6 +311,22 @@ pub fn list_containers(
     Ok(ListContainersResponse { containers })
 }
 
+/// Makes the monitor reopen the container's log file (after kubelet rotated it).
+pub fn reopen_container_log(
+    state: &AgentState,
+    request: cri_api::v1::ReopenContainerLogRequest,
+) -> Result<cri_api::v1::ReopenContainerLogResponse, AgentError> {
+    let record = refresh(state, find(state, &request.container_id)?)?;
+    if record.state != ContainerState::Running {
+        return Err(AgentError::InvalidArgument {
+            field: "container_id",
+            reason: format!("container {} is not running", record.id),
+        });
+    }
+    runtime::reopen_log(&details(&record).bundle, Duration::from_secs(5)).map_err(runtime_err)?;
+    Ok(cri_api::v1::ReopenContainerLogResponse {})
+}
+
 /// The bundle of a running container (for exec).
 pub fn running_bundle(state: &AgentState, id: &str) -> Result<PathBuf, AgentError> {
     let record = refresh(state, find(state, id)?)?;

@@ -61,9 +61,11 @@ async fn run_helper(
     };
     let (stdout, stderr, status) = if timeout > 0 {
         let limit = Duration::from_secs(u64::try_from(timeout).unwrap_or(0));
-        match tokio::time::timeout(limit, work).await {
+        let outcome = tokio::time::timeout(limit, work).await;
+        match outcome {
             Ok(done) => done,
             Err(_) => {
+                stop_helper(&mut child).await;
                 return Err(AgentError::Timeout(format!("command timed out after {timeout} s")));
             }
         }
@@ -76,6 +78,17 @@ async fn run_helper(
         128 + status.signal().unwrap_or(0)
     });
     Ok(ExecSyncResponse { stdout, stderr, exit_code })
+}
+
+/// SIGTERM lets the helper kill and reap the command inside the container;
+/// SIGKILL follows if it does not exit promptly.
+async fn stop_helper(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+    }
+    if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
 }
 
 async fn read_capped(mut pipe: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {

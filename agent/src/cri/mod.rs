@@ -241,6 +241,13 @@ impl RuntimeService for CriService {
         exec_sync::exec_sync(&self.state, request).await.map(Response::new).map_err(Status::from)
     }
 
+    async fn reopen_container_log(
+        &self,
+        request: Request<cri_api::v1::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri_api::v1::ReopenContainerLogResponse>, Status> {
+        self.blocking(request, containers::reopen_container_log).await
+    }
+
     async fn container_stats(
         &self,
         request: Request<ContainerStatsRequest>,

@@ -41,6 +41,7 @@ use std::process::Command;
 
 use nix::errno::Errno;
 use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::signal::{SigSet, Signal};
 use serde::{Deserialize, Serialize};
 
 use super::container::read_pid_file;
@@ -309,11 +310,38 @@ fn exec(bundle: &Path, request: &ExecRequest) -> Result<Infallible, ExecError> {
             _ => tracing::debug!(entry, "environment entry without a key ignored"),
         }
     }
+    // SIGTERM from the agent (an ExecSync timeout) must kill and reap the
+    // command here: if this helper died first, the command would be
+    // reparented to the container's PID 1, which may never reap it. The
+    // signals are blocked before the spawn (the child starts with an empty
+    // mask) so that none is lost.
+    let watched = watched_signals();
+    let _ = watched.thread_block();
     let mut child = crate::sys::spawn_dying_with_parent(cmd)
         .map_err(|source| ExecError::Spawn { program: program.clone(), source })?;
-    let status = child.wait().map_err(|source| ExecError::Wait { program, source })?;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|source| ExecError::Wait { program: program.clone(), source })? {
+            break status;
+        }
+        match watched.wait() {
+            Ok(Signal::SIGCHLD) | Err(_) => {}
+            Ok(_) => {
+                let _ = child.kill();
+                break child.wait().map_err(|source| ExecError::Wait { program: program.clone(), source })?;
+            }
+        }
+    };
     let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(EXIT_SETUP_FAILED);
     std::process::exit(code)
+}
+
+/// SIGCHLD (the command ended) and the signals that end an exec early.
+fn watched_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(signal);
+    }
+    set
 }
 
 fn check_request(request: &ExecRequest) -> Result<(), ExecError> {

@@ -128,6 +128,9 @@ fn users_come_from_cri_then_the_image() {
         user("www-data", cri).expect("cri"),
         UserSpec { uid: 1000, gid: 2000, additional_gids: vec![3000, 50000] }
     );
+    let group_only = security(|s| s.run_as_group = Some(Int64Value { value: 5 }));
+    let err = user("", group_only).expect_err("group without user");
+    assert!(err.to_string().contains("run_as_group"), "{err}");
     let err = user("nobody-here", None).expect_err("unknown user");
     assert!(err.to_string().contains("nobody-here"), "{err}");
 }
