@@ -324,3 +324,55 @@ async fn exec_sync_runs_in_the_container_with_exit_codes_and_timeouts() -> anyho
     assert_eq!(monitors_of(&env.dirs.run_root), 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn memory_limits_apply_and_oom_kills_are_reported() -> anyhow::Result<()> {
+    let Some((env, image)) = env("memory_limits_apply_and_oom_kills_are_reported").await? else { return Ok(()) };
+    let logs = env.dirs.temp.path().join("logs");
+    let mut rt = env.crius.runtime().await?;
+    let pod_config = pod_config("limits", &logs);
+    let pod = run_pod(&mut rt, &pod_config).await?;
+    let resources = |memory: i64| cri_api::v1::LinuxContainerResources {
+        memory_limit_in_bytes: memory,
+        cpu_shares: 256,
+        ..cri_api::v1::LinuxContainerResources::default()
+    };
+    let config = |name: &str, script: &str| ContainerConfig {
+        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(ImageSpec { image: image.clone(), ..ImageSpec::default() }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        linux: Some(cri_api::v1::LinuxContainerConfig {
+            resources: Some(resources(16 << 20)),
+            ..cri_api::v1::LinuxContainerConfig::default()
+        }),
+        ..ContainerConfig::default()
+    };
+    let create = |config: ContainerConfig| CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(config),
+        sandbox_config: Some(pod_config.clone()),
+    };
+    let hog = rt.create_container(create(config("hog", "dd if=/dev/zero of=/dev/null bs=64M count=1"))).await?;
+    let hog = hog.into_inner().container_id;
+    rt.start_container(StartContainerRequest { container_id: hog.clone() }).await?;
+    let done = wait_state(&mut rt, &hog, ContainerState::ContainerExited, Duration::from_secs(20)).await?;
+    assert_eq!((done.exit_code, done.reason.as_str()), (137, "OOMKilled"), "{done:?}");
+
+    let calm = rt.create_container(create(config("calm", "sleep 1000"))).await?.into_inner().container_id;
+    rt.start_container(StartContainerRequest { container_id: calm.clone() }).await?;
+    let limit_file =
+        Path::new("/sys/fs/cgroup/memory/crius").join(format!("pod-{pod}")).join(&calm).join("memory.limit_in_bytes");
+    if limit_file.exists() {
+        assert_eq!(std::fs::read_to_string(&limit_file)?.trim(), (16u64 << 20).to_string());
+        let update = cri_api::v1::UpdateContainerResourcesRequest {
+            container_id: calm.clone(),
+            linux: Some(resources(32 << 20)),
+            ..Default::default()
+        };
+        rt.update_container_resources(update).await?;
+        assert_eq!(std::fs::read_to_string(&limit_file)?.trim(), (32u64 << 20).to_string());
+    }
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
+    assert!(!Path::new("/sys/fs/cgroup/memory/crius").join(format!("pod-{pod}")).exists(), "cgroups removed");
+    Ok(())
+}

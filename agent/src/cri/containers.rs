@@ -137,6 +137,10 @@ fn start_monitor(
         std::fs::create_dir_all(dir)
             .map_err(|e| AgentError::Runtime(format!("create log directory {}: {e}", dir.display())))?;
     }
+    if let Some(path) = &cgroup {
+        let resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
+        super::resources::create_cgroup(state, path, resources)?;
+    }
     let spec = container_spec::build(
         config,
         &SpecInputs {
@@ -366,7 +370,13 @@ fn refresh(state: &AgentState, mut record: ContainerRecord) -> Result<ContainerR
         record.state = ContainerState::Exited;
         record.exit_code = exit.exit_code;
         record.finished_at_ns = if exit.finished_at_ns > 0 { exit.finished_at_ns } else { now_ns() };
-        details.reason = if exit.init_error.is_some() { "StartError".into() } else { String::new() };
+        details.reason = if exit.init_error.is_some() {
+            "StartError".into()
+        } else if exit.exit_code != 0 && super::resources::oom_killed(state, details.cgroup.as_deref()) {
+            "OOMKilled".into()
+        } else {
+            String::new()
+        };
         details.message = exit.init_error.unwrap_or_default();
         record.config = to_json(&details)?;
         state.store.put(&record)?;

@@ -12,6 +12,7 @@ pub mod exec_sync;
 pub mod ids;
 pub mod images;
 pub mod pods;
+pub mod resources;
 mod runtime_config;
 pub mod stats;
 mod status;
@@ -239,6 +240,13 @@ impl RuntimeService for CriService {
         let request = request.into_inner();
         ids::record(&request);
         exec_sync::exec_sync(&self.state, request).await.map(Response::new).map_err(Status::from)
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<cri_api::v1::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri_api::v1::UpdateContainerResourcesResponse>, Status> {
+        self.blocking(request, resources::update_container_resources).await
     }
 
     async fn reopen_container_log(

@@ -1,0 +1,108 @@
+//! CRI LinuxContainerResources → cgroup limits, for CreateContainer and
+//! UpdateContainerResources; OOM detection for ContainerStatus.
+
+use cri_api::v1::{LinuxContainerResources, UpdateContainerResourcesRequest, UpdateContainerResourcesResponse};
+use crius_sandbox::cgroups::{Cgroup, Resources};
+
+use super::AgentState;
+use super::pods::runtime_err;
+use crate::error::AgentError;
+use crate::store::{ContainerRecord, ContainerState};
+
+/// The cgroup limits CRI asks for (0 or empty fields are left unset).
+pub fn cgroup_resources(cri: &LinuxContainerResources) -> Resources {
+    Resources {
+        cpu_shares: u64::try_from(cri.cpu_shares).unwrap_or(0),
+        cpu_quota: cri.cpu_quota,
+        cpu_period: u64::try_from(cri.cpu_period).unwrap_or(0),
+        cpuset_cpus: cri.cpuset_cpus.clone(),
+        cpuset_mems: cri.cpuset_mems.clone(),
+        memory_limit_bytes: cri.memory_limit_in_bytes,
+        memory_swap_limit_bytes: cri.memory_swap_limit_in_bytes,
+        pids_limit: 0,
+        hugepage_limits: cri.hugepage_limits.iter().map(|h| (h.page_size.clone(), h.limit)).collect(),
+        unified: cri.unified.clone().into_iter().collect(),
+    }
+}
+
+/// Creates the container's cgroup with its limits (before its init joins it).
+pub fn create_cgroup(state: &AgentState, path: &str, cri: Option<&LinuxContainerResources>) -> Result<(), AgentError> {
+    let Some(mode) = state.cgroup_mode.as_ref() else { return Ok(()) };
+    let cgroup = Cgroup::create(mode, path).map_err(runtime_err)?;
+    if let Some(cri) = cri {
+        let resources = cgroup_resources(cri);
+        resources.validate().map_err(|e| AgentError::InvalidArgument {
+            field: "config.linux.resources",
+            reason: crate::error::chain(&e),
+        })?;
+        cgroup.apply(&resources).map_err(runtime_err)?;
+    }
+    Ok(())
+}
+
+/// Changes a container's limits.
+pub fn update_container_resources(
+    state: &AgentState,
+    request: UpdateContainerResourcesRequest,
+) -> Result<UpdateContainerResourcesResponse, AgentError> {
+    let record = state
+        .store
+        .get::<ContainerRecord>(&request.container_id)?
+        .ok_or_else(|| AgentError::NotFound { kind: "container", id: request.container_id.clone() })?;
+    if matches!(record.state, ContainerState::Exited | ContainerState::Unknown) {
+        return Err(AgentError::InvalidArgument {
+            field: "container_id",
+            reason: format!("container {} is not running", record.id),
+        });
+    }
+    let (Some(mode), Some(path), Some(cri)) =
+        (state.cgroup_mode.as_ref(), record.config.get("cgroup").and_then(|c| c.as_str()), request.linux.as_ref())
+    else {
+        return Ok(UpdateContainerResourcesResponse {});
+    };
+    let resources = cgroup_resources(cri);
+    resources
+        .validate()
+        .map_err(|e| AgentError::InvalidArgument { field: "linux", reason: crate::error::chain(&e) })?;
+    Cgroup::open(mode, path).map_err(runtime_err)?.apply(&resources).map_err(runtime_err)?;
+    tracing::info!(container_id = %record.id, "container resources updated");
+    Ok(UpdateContainerResourcesResponse {})
+}
+
+/// Whether the kernel's OOM killer killed something in the container's cgroup.
+pub fn oom_killed(state: &AgentState, cgroup_path: Option<&str>) -> bool {
+    let (Some(mode), Some(path)) = (state.cgroup_mode.as_ref(), cgroup_path) else { return false };
+    Cgroup::open(mode, path).and_then(|c| c.oom_killed()).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use cri_api::v1::HugepageLimit;
+
+    use super::*;
+
+    #[test]
+    fn cri_fields_map_to_cgroup_limits() {
+        let cri = LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 << 20,
+            memory_swap_limit_in_bytes: 128 << 20,
+            cpuset_cpus: "0".into(),
+            hugepage_limits: vec![HugepageLimit { page_size: "2MB".into(), limit: 0 }],
+            ..LinuxContainerResources::default()
+        };
+        let resources = cgroup_resources(&cri);
+        assert_eq!(resources.cpu_shares, 512);
+        assert_eq!(resources.cpu_quota, 50_000);
+        assert_eq!(resources.cpu_period, 100_000);
+        assert_eq!(resources.memory_limit_bytes, 64 << 20);
+        assert_eq!(resources.memory_swap_limit_bytes, 128 << 20);
+        assert_eq!(resources.cpuset_cpus, "0");
+        assert_eq!(resources.hugepage_limits, [("2MB".to_owned(), 0)]);
+        resources.validate().expect("valid");
+        let unset = cgroup_resources(&LinuxContainerResources::default());
+        assert_eq!(unset, Resources::default());
+    }
+}
