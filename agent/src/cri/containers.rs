@@ -223,12 +223,9 @@ pub fn stop(state: &AgentState, record: ContainerRecord, timeout: Duration) -> R
         return Ok(());
     }
     let details = details(&record);
-    if record.state == ContainerState::Running && !timeout.is_zero() {
-        runtime::kill(&details.bundle, Signal::SIGTERM).map_err(runtime_err)?;
-        if wait_exited(&details.bundle, timeout) {
-            refresh(state, record)?;
-            return Ok(());
-        }
+    if record.state == ContainerState::Running && !timeout.is_zero() && graceful_stop(&details.bundle, timeout)? {
+        refresh(state, record)?;
+        return Ok(());
     }
     runtime::kill(&details.bundle, Signal::SIGKILL).map_err(runtime_err)?;
     if !wait_exited(&details.bundle, Duration::from_secs(10)) {
@@ -237,6 +234,41 @@ pub fn stop(state: &AgentState, record: ContainerRecord, timeout: Duration) -> R
     let record = refresh(state, record)?;
     tracing::info!(container_id = %record.id, exit_code = record.exit_code, "container stopped");
     Ok(())
+}
+
+/// Sends SIGTERM and waits up to `timeout` for the exit. A process that is
+/// PID 1 of its namespace drops a signal it has no handler for; right after
+/// start, a shell may not have exec'd the program that installs one yet. So
+/// while the process has no SIGTERM handler the signal is sent again once the
+/// handler appears (a process that had one gets exactly one SIGTERM).
+fn graceful_stop(bundle: &std::path::Path, timeout: Duration) -> Result<bool, AgentError> {
+    let init = runtime::read_pid_file(&bundle.join(crius_sandbox::ns::spec::INIT_PID_FILE)).ok().map(|r| r.pid);
+    let handled = || init.is_some_and(catches_sigterm);
+    let mut delivered = handled();
+    runtime::kill(bundle, Signal::SIGTERM).map_err(runtime_err)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if wait_exited(bundle, Duration::from_millis(100).min(timeout)) {
+            return Ok(true);
+        }
+        if !delivered && handled() {
+            delivered = true;
+            runtime::kill(bundle, Signal::SIGTERM).map_err(runtime_err)?;
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+    }
+}
+
+/// Whether `pid` has a handler for SIGTERM (bit 15 of SigCgt).
+fn catches_sigterm(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
 }
 
 /// Removes a container (killing it first); removing an unknown one is fine.
