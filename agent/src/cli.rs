@@ -63,6 +63,9 @@ pub enum Internal {
         /// A new UTS namespace.
         #[arg(long)]
         uts: bool,
+        /// A new PID namespace with a pod init as its PID 1.
+        #[arg(long)]
+        pid: bool,
         /// Hostname to set in the new UTS namespace.
         #[arg(long)]
         hostname: Option<String>,
@@ -70,6 +73,8 @@ pub enum Internal {
         #[arg(long = "sysctl", value_name = "KEY=VALUE")]
         sysctls: Vec<String>,
     },
+    /// PID 1 of a pod's shared PID namespace: reaps orphans.
+    PodInit,
     /// Watch a container: start its init, copy its output to the CRI log, record its exit.
     Monitor {
         /// The container's bundle directory.

@@ -50,7 +50,8 @@ fn run(config: config::Config) -> anyhow::Result<()> {
 fn run_internal(internal: &Internal) -> ExitCode {
     use crius_sandbox::ns::pod::{PodNamespaces, pin_namespaces};
     let result = match internal {
-        Internal::PinNs { dir, net, ipc, uts, hostname, sysctls } => {
+        Internal::PodInit => crius_sandbox::ns::pod::pod_init().map_err(|e| e.to_string()),
+        Internal::PinNs { dir, net, ipc, uts, pid, hostname, sysctls } => {
             let sysctls = sysctls
                 .iter()
                 .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
@@ -58,7 +59,7 @@ fn run_internal(internal: &Internal) -> ExitCode {
             match sysctls {
                 Some(sysctls) => pin_namespaces(
                     dir,
-                    PodNamespaces { net: *net, ipc: *ipc, uts: *uts },
+                    PodNamespaces { net: *net, ipc: *ipc, uts: *uts, pid: *pid },
                     hostname.as_deref(),
                     &sysctls,
                 )

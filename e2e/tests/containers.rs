@@ -60,6 +60,17 @@ fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
         }),
         hostname: name.into(),
         log_directory: logs.display().to_string(),
+        // kubelet's default: each container has its own PID namespace.
+        linux: Some(cri_api::v1::LinuxPodSandboxConfig {
+            security_context: Some(cri_api::v1::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri_api::v1::NamespaceOption {
+                    pid: cri_api::v1::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..PodSandboxConfig::default()
     }
 }
@@ -374,5 +385,48 @@ async fn memory_limits_apply_and_oom_kills_are_reported() -> anyhow::Result<()> 
     }
     rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
     assert!(!Path::new("/sys/fs/cgroup/memory/crius").join(format!("pod-{pod}")).exists(), "cgroups removed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_can_share_one_pid_namespace() -> anyhow::Result<()> {
+    let Some((env, image)) = env("a_pod_can_share_one_pid_namespace").await? else { return Ok(()) };
+    let logs = env.dirs.temp.path().join("logs");
+    let mut rt = env.crius.runtime().await?;
+    let mut shared = pod_config("shared", &logs);
+    shared.linux = None; // pid: POD
+    let pod = run_pod(&mut rt, &shared).await?;
+    let first = create(&mut rt, &pod, &shared, &image, "first", "sleep 1000").await?;
+    let second = create(&mut rt, &pod, &shared, &image, "second", "ps; sleep 1000").await?;
+    for id in [&first, &second] {
+        rt.start_container(StartContainerRequest { container_id: id.clone() }).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(logs.join("second.log")).unwrap_or_default();
+        if text.contains("sleep 1000") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(text.contains("pod-init"), "PID 1 is the pod's init: {text}");
+    assert!(text.matches("sleep 1000").count() >= 1 && text.contains("ps"), "{text}");
+    let pod_inits = || {
+        std::fs::read_dir("/proc")
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| {
+                        std::fs::read(e.path().join("cmdline"))
+                            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("pod-init"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let before = pod_inits();
+    assert!(before >= 1);
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;
+    assert_eq!(pod_inits(), before - 1, "the pod init ends with the pod");
     Ok(())
 }

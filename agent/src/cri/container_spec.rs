@@ -357,9 +357,11 @@ fn namespaces(security: &LinuxContainerSecurityContext, inputs: &SpecInputs<'_>)
     let pid_mode = security.namespace_options.as_ref().map_or(inputs.pod_modes[1], |o| o.pid);
     let pid = if pid_mode == NamespaceMode::Node as i32 {
         PidNamespace::Host
+    } else if pid_mode == NamespaceMode::Pod as i32
+        && let Some(path) = &inputs.pod.pid
+    {
+        PidNamespace::Pod(path.clone())
     } else {
-        // A pod-shared PID namespace needs a pod init; until it exists each
-        // container gets its own.
         PidNamespace::Container
     };
     NamespaceSpec { net: inputs.pod.net.clone(), ipc: inputs.pod.ipc.clone(), uts: inputs.pod.uts.clone(), pid }

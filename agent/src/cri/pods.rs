@@ -114,7 +114,12 @@ fn build_pod(
         id: id.to_owned(),
         hostname: config.hostname.clone(),
         dns: DnsSpec { servers: dns.servers, searches: dns.searches, options: dns.options },
-        namespaces: PodNamespaces { net: own(modes[0]), ipc: own(modes[2]), uts: own(modes[0]) },
+        namespaces: PodNamespaces {
+            net: own(modes[0]),
+            ipc: own(modes[2]),
+            uts: own(modes[0]),
+            pid: modes[1] == NamespaceMode::Pod as i32,
+        },
         sysctls: config.linux.as_ref().map(|l| l.sysctls.clone().into_iter().collect()).unwrap_or_default(),
     };
     pod::check_sysctls(&spec.sysctls, spec.namespaces)

@@ -114,6 +114,10 @@ pub struct PodNamespaces {
     pub ipc: bool,
     /// UTS (hostname).
     pub uts: bool,
+    /// A PID namespace shared by the pod's containers, with a small init
+    /// (`crius internal pod-init`) as its PID 1.
+    #[serde(default)]
+    pub pid: bool,
 }
 
 /// DNS settings for the pod's resolv.conf; empty means "copy the host's".
@@ -155,6 +159,9 @@ pub struct PodPaths {
     pub ipc: Option<PathBuf>,
     /// Pinned UTS namespace.
     pub uts: Option<PathBuf>,
+    /// The pod's shared PID namespace (its pod init's), when it has one.
+    #[serde(default)]
+    pub pid: Option<PathBuf>,
     /// The pod's `/dev/shm` (the host's for host IPC).
     pub shm: PathBuf,
     /// `/etc/hostname` source.
@@ -188,7 +195,7 @@ fn create_inner(dir: &Path, spec: &PodSpec, self_exe: &Path) -> Result<PodPaths,
     fs::create_dir_all(&ns_dir).map_err(|source| io("create", &ns_dir, source))?;
     let ns = spec.namespaces;
     let hostname = if spec.hostname.is_empty() { host_hostname() } else { spec.hostname.clone() };
-    if ns.net || ns.ipc || ns.uts {
+    if ns.net || ns.ipc || ns.uts || ns.pid {
         run_pin_helper(self_exe, &ns_dir, ns, &hostname, &spec.sysctls)?;
     }
     let pinned = |wanted: bool, kind: &str| wanted.then(|| ns_dir.join(kind));
@@ -198,6 +205,7 @@ fn create_inner(dir: &Path, spec: &PodSpec, self_exe: &Path) -> Result<PodPaths,
         net: pinned(ns.net, "net"),
         ipc: pinned(ns.ipc, "ipc"),
         uts: pinned(ns.uts, "uts"),
+        pid: pinned(ns.pid, "pid"),
         shm,
         hostname: dir.join("hostname"),
         hosts: dir.join("hosts"),
@@ -219,7 +227,7 @@ fn run_pin_helper(
 ) -> Result<(), PodError> {
     let mut command = Command::new(self_exe);
     command.arg("internal").arg("pin-ns").arg(ns_dir);
-    for (wanted, flag) in [(ns.net, "--net"), (ns.ipc, "--ipc"), (ns.uts, "--uts")] {
+    for (wanted, flag) in [(ns.net, "--net"), (ns.ipc, "--ipc"), (ns.uts, "--uts"), (ns.pid, "--pid")] {
         if wanted {
             command.arg(flag);
         }
@@ -253,6 +261,7 @@ pub fn pin_namespaces(
 ) -> Result<(), PodError> {
     check_sysctls(sysctls, ns)?;
     let mut flags = CloneFlags::empty();
+    // The PID namespace is unshared last, in start_pod_init.
     for (wanted, flag) in
         [(ns.net, CloneFlags::CLONE_NEWNET), (ns.ipc, CloneFlags::CLONE_NEWIPC), (ns.uts, CloneFlags::CLONE_NEWUTS)]
     {
@@ -268,6 +277,9 @@ pub fn pin_namespaces(
         nix::unistd::sethostname(hostname).map_err(|e| io("set hostname in", dir, e.into()))?;
     }
     write_sysctls(sysctls)?;
+    if ns.pid {
+        start_pod_init(dir)?;
+    }
     for (wanted, kind) in [(ns.net, "net"), (ns.ipc, "ipc"), (ns.uts, "uts")] {
         if !wanted {
             continue;
@@ -287,7 +299,8 @@ pub fn destroy_pod(run_root: &Path, id: &str) -> Result<(), PodError> {
 }
 
 fn destroy_dir(dir: &Path) -> Result<(), PodError> {
-    for kind in ["net", "ipc", "uts"] {
+    stop_pod_init(&dir.join("ns"));
+    for kind in ["net", "ipc", "uts", "pid"] {
         unmount_if_mounted(&dir.join("ns").join(kind))?;
     }
     unmount_if_mounted(&dir.join("shm"))?;
@@ -315,6 +328,73 @@ fn mount_shm(dir: &Path) -> Result<PathBuf, PodError> {
     mount(Some("shm"), &shm, Some("tmpfs"), flags, Some(options.as_str()))
         .map_err(|e| io("mount shm", &shm, e.into()))?;
     Ok(shm)
+}
+
+/// File holding the pod init's pid (in the host's PID namespace).
+const POD_INIT_PID: &str = "pod-init.pid";
+
+/// Starts the pod init as PID 1 of a new PID namespace and pins that
+/// namespace at `<dir>/pid`. Runs in `pin-ns` (single-threaded): after
+/// `unshare(CLONE_NEWPID)` its next child is the new namespace's PID 1.
+fn start_pod_init(dir: &Path) -> Result<(), PodError> {
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| io("unshare pid namespace in", dir, e.into()))?;
+    let child = Command::new("/proc/self/exe")
+        .args(["internal", "pod-init"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| io("start pod init for", dir, source))?;
+    let pid = child.id();
+    let pid_file = dir.join(POD_INIT_PID);
+    fs::write(&pid_file, format!("{pid}\n")).map_err(|source| io("write", &pid_file, source))?;
+    let target = dir.join("pid");
+    fs::File::create(&target).map_err(|source| io("create namespace file", &target, source))?;
+    let source = PathBuf::from(format!("/proc/{pid}/ns/pid"));
+    mount(Some(&source), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| io("pin namespace", &target, e.into()))
+}
+
+/// Ends the pod init (and with it every process left in the pod's PID namespace).
+fn stop_pod_init(dir: &Path) {
+    let Ok(text) = fs::read_to_string(dir.join(POD_INIT_PID)) else { return };
+    let Ok(pid) = text.trim().parse::<i32>() else { return };
+    let pid = nix::unistd::Pid::from_raw(pid);
+    // Only if it still is our pod init (pids are reused).
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if String::from_utf8_lossy(&cmdline).contains("pod-init") {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// The body of `crius internal pod-init`: PID 1 of a pod's shared PID
+/// namespace. It reaps orphans and exits on SIGTERM or SIGINT.
+pub fn pod_init() -> std::io::Result<()> {
+    let _ = nix::unistd::setsid();
+    let _ = std::env::set_current_dir("/");
+    let mut set = nix::sys::signal::SigSet::empty();
+    for signal in [
+        nix::sys::signal::Signal::SIGCHLD,
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        set.add(signal);
+    }
+    set.thread_block()?;
+    loop {
+        match set.wait()? {
+            nix::sys::signal::Signal::SIGCHLD => {
+                use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+                while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    if status == WaitStatus::StillAlive {
+                        break;
+                    }
+                }
+            }
+            _ => return Ok(()),
+        }
+    }
 }
 
 fn host_hostname() -> String {
@@ -388,8 +468,8 @@ mod tests {
 
     #[test]
     fn only_namespaced_sysctls_of_own_namespaces_are_allowed() {
-        let own = PodNamespaces { net: true, ipc: true, uts: true };
-        let host_net = PodNamespaces { net: false, ipc: true, uts: true };
+        let own = PodNamespaces { net: true, ipc: true, uts: true, pid: false };
+        let host_net = PodNamespaces { net: false, ipc: true, uts: true, pid: false };
         let one = |k: &str| BTreeMap::from([(k.to_owned(), "1".to_owned())]);
         for ok in ["net.ipv4.ip_forward", "kernel.shm_rmid_forced", "kernel.msgmax", "kernel.sem", "fs.mqueue.msg_max"]
         {
@@ -418,7 +498,7 @@ mod tests {
             id: "hostpod".into(),
             hostname: String::new(),
             dns: DnsSpec { servers: vec!["1.1.1.1".into()], ..DnsSpec::default() },
-            namespaces: PodNamespaces { net: false, ipc: false, uts: false },
+            namespaces: PodNamespaces { net: false, ipc: false, uts: false, pid: false },
             sysctls: BTreeMap::new(),
         };
         let paths = create_pod(dir.path(), &spec, Path::new("/nonexistent/crius")).expect("host pod");
@@ -437,7 +517,7 @@ mod tests {
             id: "broken".into(),
             hostname: "h".into(),
             dns: DnsSpec::default(),
-            namespaces: PodNamespaces { net: true, ipc: true, uts: true },
+            namespaces: PodNamespaces { net: true, ipc: true, uts: true, pid: false },
             sysctls: BTreeMap::new(),
         };
         let err = create_pod(dir.path(), &spec, Path::new("/bin/false")).expect_err("helper fails");

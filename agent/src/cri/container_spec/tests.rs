@@ -10,6 +10,7 @@ fn pod(dir: &Path) -> PodPaths {
         net: Some(dir.join("ns/net")),
         ipc: Some(dir.join("ns/ipc")),
         uts: Some(dir.join("ns/uts")),
+        pid: None,
         shm: dir.join("shm"),
         hostname: dir.join("hostname"),
         hosts: dir.join("hosts"),
