@@ -38,9 +38,22 @@ pub struct ContainerDetails {
     rootfs: PathBuf,
     log_path: String,
     cgroup: Option<String>,
+    #[serde(default)]
+    mounts: Vec<MountRecord>,
     monitor_pid: i32,
     reason: String,
     message: String,
+}
+
+/// A CRI mount as ContainerStatus reports it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct MountRecord {
+    container_path: String,
+    host_path: String,
+    readonly: bool,
+    selinux_relabel: bool,
+    propagation: i32,
+    recursive_read_only: bool,
 }
 
 /// Creates a container: rootfs, bundle, monitor and an init that waits for StartContainer.
@@ -70,6 +83,18 @@ pub fn create_container(
         bundle: state.config.run_root.join("containers").join(&id),
         rootfs: state.config.run_root.join("rootfs").join(&id),
         log_path: log_path(&pod, &config.log_path),
+        mounts: config
+            .mounts
+            .iter()
+            .map(|m| MountRecord {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.readonly,
+                selinux_relabel: m.selinux_relabel,
+                propagation: m.propagation,
+                recursive_read_only: m.recursive_read_only,
+            })
+            .collect(),
         ..ContainerDetails::default()
     };
     let mut record = ContainerRecord {
@@ -306,6 +331,19 @@ pub fn container_status(
         labels: record.labels.clone().into_iter().collect(),
         annotations: record.annotations.clone().into_iter().collect(),
         log_path: details.log_path.clone(),
+        mounts: details
+            .mounts
+            .iter()
+            .map(|m| cri_api::v1::Mount {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.readonly,
+                selinux_relabel: m.selinux_relabel,
+                propagation: m.propagation,
+                recursive_read_only: m.recursive_read_only,
+                ..cri_api::v1::Mount::default()
+            })
+            .collect(),
         ..ContainerStatus::default()
     };
     Ok(ContainerStatusResponse { status: Some(status), info: HashMap::new() })
