@@ -225,10 +225,17 @@ async fn containers_survive_a_crius_sigkill() -> anyhow::Result<()> {
     let mut rt = first.runtime().await?;
     let pod_config = pod_config("keep", &logs);
     let pod = run_pod(&mut rt, &pod_config).await?;
-    let ticker =
-        create(&mut rt, &pod, &pod_config, &image, "ticker", "while true; do echo tick; sleep 0.1; done").await?;
+    // Twenty running containers, plus one that exits while crius is down.
+    let mut tickers = Vec::new();
+    for n in 0..20 {
+        let name = if n == 0 { "ticker".to_owned() } else { format!("ticker{n}") };
+        tickers.push(
+            create(&mut rt, &pod, &pod_config, &image, &name, "while true; do echo tick; sleep 0.1; done").await?,
+        );
+    }
+    let ticker = tickers[0].clone();
     let exiter = create(&mut rt, &pod, &pod_config, &image, "exiter", "sleep 1; exit 7").await?;
-    for id in [&ticker, &exiter] {
+    for id in tickers.iter().chain([&exiter]) {
         rt.start_container(StartContainerRequest { container_id: id.clone() }).await?;
     }
     drop(rt);
@@ -240,7 +247,9 @@ async fn containers_survive_a_crius_sigkill() -> anyhow::Result<()> {
 
     let second = Crius::start(&dirs, &[]).await?;
     let mut rt = second.runtime().await?;
-    assert_eq!(status(&mut rt, &ticker).await?.state, ContainerState::ContainerRunning as i32);
+    for id in &tickers {
+        assert_eq!(status(&mut rt, id).await?.state, ContainerState::ContainerRunning as i32, "{id}");
+    }
     let exited = wait_state(&mut rt, &exiter, ContainerState::ContainerExited, Duration::from_secs(10)).await?;
     assert_eq!(exited.exit_code, 7, "the exit during the outage is not lost");
 
