@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::codegen::http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
@@ -81,6 +81,7 @@ where
     S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
+    RB: Default + Send + 'static,
 {
     type Response = Response<RB>;
     type Error = S::Error;
@@ -104,9 +105,20 @@ where
             image = tracing::field::Empty,
             pod = tracing::field::Empty,
         );
+        let deadline = request.headers().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
         Box::pin(async move {
             let started = Instant::now();
-            let mut response = inner.call(request).instrument(span.clone()).await?;
+            let call = inner.call(request).instrument(span.clone());
+            // The client's deadline, answered as DeadlineExceeded like Go
+            // servers do (tonic's own timer answers Cancelled). This timer is
+            // polled before tonic's, so it wins when both expire together.
+            let mut response = match deadline {
+                Some(deadline) => match tokio::time::timeout(deadline, call).await {
+                    Ok(result) => result?,
+                    Err(_) => deadline_exceeded(),
+                },
+                None => call.await?,
+            };
             let code = grpc_code(&response);
             if code == Some(tonic::Code::Unimplemented) {
                 name_unimplemented(&mut response, &method);
@@ -116,6 +128,31 @@ where
             Ok(response)
         })
     }
+}
+
+/// `grpc-timeout` header values: digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// A trailers-only DEADLINE_EXCEEDED response.
+fn deadline_exceeded<RB: Default>() -> Response<RB> {
+    let mut response = Response::new(RB::default());
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from_static("4"));
+    headers.insert("grpc-message", HeaderValue::from_static("deadline%20exceeded"));
+    response
 }
 
 /// The status of a trailers-only response (every error tonic returns). A
@@ -140,7 +177,7 @@ fn name_unimplemented<B>(response: &mut Response<B>, method: &str) {
     }
 }
 
-fn log_outcome(kind: RpcKind, code: Option<tonic::Code>, message: Option<&str>, elapsed: std::time::Duration) {
+fn log_outcome(kind: RpcKind, code: Option<tonic::Code>, message: Option<&str>, elapsed: Duration) {
     let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     match code {
         None | Some(tonic::Code::Ok) => match kind {
@@ -214,6 +251,20 @@ mod tests {
         assert_eq!(rpc_kind("RunPodSandbox"), RpcKind::Mutation);
         assert_eq!(rpc_kind("PullImage"), RpcKind::Mutation);
         assert_eq!(rpc_kind("UpdateRuntimeConfig"), RpcKind::Mutation);
+    }
+
+    #[test]
+    fn grpc_timeouts_are_parsed() {
+        assert_eq!(parse_grpc_timeout("1m"), Some(Duration::from_millis(1)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("3H"), Some(Duration::from_secs(3 * 3600)));
+        assert_eq!(parse_grpc_timeout("500u"), Some(Duration::from_micros(500)));
+        assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "m", "1x", "-1S", "1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+        let response: Response<()> = deadline_exceeded();
+        assert_eq!(grpc_code(&response), Some(tonic::Code::DeadlineExceeded));
     }
 
     #[test]
