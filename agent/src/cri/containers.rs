@@ -479,7 +479,7 @@ fn wait_exited(bundle: &std::path::Path, timeout: Duration) -> bool {
         match runtime::state(bundle) {
             Ok(State::Exited(_)) | Err(_) => return true,
             Ok(_) if Instant::now() >= deadline => return false,
-            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
         }
     }
 }

@@ -30,7 +30,7 @@ use super::monitor::{READY_FILE, STARTED_FILE, now_ns};
 use super::spec::{ContainerSpec, EXIT_FILE, ExitStatus, INIT_PID_FILE, MONITOR_PID_FILE, SPEC_FILE, START_FIFO};
 
 /// How often [`create`] looks at the bundle while it waits.
-const CREATE_POLL: Duration = Duration::from_millis(10);
+const CREATE_POLL: Duration = Duration::from_millis(2);
 /// How long [`start`] waits for a live init to open the start FIFO (it
 /// reports ready just before it opens it).
 const START_WAIT: Duration = Duration::from_secs(2);

@@ -227,6 +227,7 @@ fn monitor(bundle: &Path, init_exe: &Path) -> Result<Infallible, MonitorError> {
         }
     };
     let status = child.wait().map_err(|source| MonitorError::Os { op: "wait for the container", source })?;
+    end_leftovers(&spec);
     let deadline = Instant::now() + DRAIN_GRACE;
     for _ in &streams {
         if done.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_err() {
@@ -303,6 +304,22 @@ impl ChildIo {
 /// new one (init becomes its PID 1), the pod's shared one, or the host's.
 /// `unshare`/`setns` of a PID namespace only affect children, so the monitor
 /// itself stays where it is.
+/// A container ends with its main process. With its own PID namespace the
+/// kernel ends the rest; in the pod's or the host's, what the process left
+/// running in the container's cgroup is killed here (as containerd does), so
+/// that nothing outlives the container or keeps its output pipes open.
+fn end_leftovers(spec: &ContainerSpec) {
+    if spec.namespaces.pid == PidNamespace::Container {
+        return;
+    }
+    let Some(path) = spec.cgroup.as_deref() else { return };
+    if let Ok(mode) = detect_host()
+        && let Ok(cgroup) = Cgroup::open(&mode, path)
+    {
+        let _ = cgroup.kill_all(Signal::SIGKILL);
+    }
+}
+
 /// Returns the monitor's own PID namespace when it switched, to switch back
 /// after spawning init.
 fn enter_pid_namespace(pid: &PidNamespace) -> Result<Option<File>, MonitorError> {
