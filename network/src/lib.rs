@@ -3,5 +3,6 @@
 //!
 //! This crate must not depend on `agent`, `sandbox` or `images`: it returns
 //! plain data (interfaces, addresses) that the agent translates.
-//! It is empty until the networking issue lands.
 #![warn(missing_docs)]
+
+pub mod ipam;
