@@ -18,6 +18,7 @@ use crate::content::{ContentError, FetchedStream, Progress};
 use crate::digest::Digest;
 use crate::layers::{LayerInfo, Unpacked, chain_ids};
 use crate::reference::Reference;
+use crate::registry::error::error_chain;
 use crate::registry::manifest::parse_config;
 use crate::registry::{Credentials, DockerConfig, Manifest, Resolved, select_platform};
 use crate::store::{ImageError, ImageStore, Pulled};
@@ -313,17 +314,6 @@ impl ImageStore {
 
 fn parse_digest(reference: &str, text: &str) -> Result<Digest, ImageError> {
     text.parse::<Digest>().map_err(|e| ImageError::Manifest { reference: reference.to_owned(), reason: e.to_string() })
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -110,6 +110,13 @@ impl SnapshotStore {
         Ok(self.dir(key)?.join("upper"))
     }
 
+    /// Bytes and inodes of a snapshot's writable layer (a container's
+    /// writable-layer usage); a missing snapshot uses nothing.
+    pub fn usage(&self, key: &str) -> Result<crate::store::FsUsage, SnapshotError> {
+        let upper = self.upper_dir(key)?;
+        crate::store::du(&upper).map_err(|source| io("measure", &upper, source))
+    }
+
     /// Removes a snapshot's directories (unmount it first). Missing is fine.
     pub fn remove(&self, key: &str) -> Result<(), SnapshotError> {
         let dir = self.dir(key)?;

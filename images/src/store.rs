@@ -289,7 +289,7 @@ impl ImageStore {
 }
 
 /// Allocated bytes and inode count of a tree, each inode counted once.
-fn du(root: &Path) -> std::io::Result<FsUsage> {
+pub(crate) fn du(root: &Path) -> std::io::Result<FsUsage> {
     let mut usage = FsUsage::default();
     let mut seen = HashSet::new();
     let mut stack = vec![root.to_path_buf()];

@@ -488,15 +488,10 @@ fn find(state: &AgentState, id: &str) -> Result<ContainerRecord, AgentError> {
     if id.is_empty() {
         return Err(AgentError::InvalidArgument { field: "container_id", reason: "empty id".into() });
     }
-    if let Some(record) = state.store.get::<ContainerRecord>(id)? {
-        return Ok(record);
-    }
-    let mut matches: Vec<ContainerRecord> =
-        state.store.list::<ContainerRecord>()?.into_iter().filter(|c| c.id.starts_with(id)).collect();
-    match matches.len() {
-        1 => Ok(matches.remove(0)),
-        _ => Err(AgentError::NotFound { kind: "container", id: id.to_owned() }),
-    }
+    state
+        .store
+        .get_by_id_or_prefix::<ContainerRecord>(id)?
+        .ok_or_else(|| AgentError::NotFound { kind: "container", id: id.to_owned() })
 }
 
 fn pod_cgroup(pod: &PodRecord) -> Option<String> {

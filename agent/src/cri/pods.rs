@@ -299,12 +299,7 @@ fn find(state: &AgentState, id: &str) -> Result<Option<PodRecord>, AgentError> {
     if id.is_empty() {
         return Err(AgentError::InvalidArgument { field: "pod_sandbox_id", reason: "empty id".into() });
     }
-    if let Some(record) = state.store.get::<PodRecord>(id)? {
-        return Ok(Some(record));
-    }
-    let matches: Vec<PodRecord> =
-        state.store.list::<PodRecord>()?.into_iter().filter(|p| p.id.starts_with(id)).collect();
-    Ok(if matches.len() == 1 { matches.into_iter().next() } else { None })
+    Ok(state.store.get_by_id_or_prefix::<PodRecord>(id)?)
 }
 
 fn find_by_metadata(state: &AgentState, metadata: &PodSandboxMetadata) -> Result<Option<PodRecord>, AgentError> {

@@ -141,7 +141,7 @@ fn stats_of(state: &AgentState, record: &ContainerRecord) -> ContainerStats {
     let cgroup = record.config.get("cgroup").and_then(|c| c.as_str()).map(str::to_owned);
     let running = record.state == ContainerState::Running;
     let sample = if running { cgroup_stats(state, cgroup.as_deref()) } else { None };
-    let writable = state.images.snapshots().upper_dir(&record.id).ok().and_then(|dir| du(&dir).ok());
+    let writable = state.images.snapshots().usage(&record.id).ok();
     ContainerStats {
         attributes: Some(ContainerAttributes {
             id: record.id.clone(),
@@ -154,8 +154,8 @@ fn stats_of(state: &AgentState, record: &ContainerRecord) -> ContainerStats {
         writable_layer: Some(FilesystemUsage {
             timestamp,
             fs_id: Some(FilesystemIdentifier { mountpoint: state.images.container_root().display().to_string() }),
-            used_bytes: Some(UInt64Value { value: writable.map_or(0, |w| w.0) }),
-            inodes_used: Some(UInt64Value { value: writable.map_or(0, |w| w.1) }),
+            used_bytes: Some(UInt64Value { value: writable.map_or(0, |w| w.bytes) }),
+            inodes_used: Some(UInt64Value { value: writable.map_or(0, |w| w.inodes) }),
         }),
         swap: None,
         io: None,
@@ -193,24 +193,6 @@ fn memory(timestamp: i64, sample: Option<&CgroupStats>) -> MemoryUsage {
         major_page_faults: value(0),
         psi: None,
     }
-}
-
-/// Allocated bytes and inodes under a directory.
-fn du(root: &std::path::Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let (mut bytes, mut inodes) = (0, 0);
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
-        bytes += meta.blocks() * 512;
-        inodes += 1;
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(&path)? {
-                stack.push(entry?.path());
-            }
-        }
-    }
-    Ok((bytes, inodes))
 }
 
 #[cfg(test)]

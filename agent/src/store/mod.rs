@@ -254,6 +254,19 @@ impl StateStore {
         Ok(records)
     }
 
+    /// Reads one record by full id, or by an id prefix that matches exactly
+    /// one record (as crictl and kubelet users abbreviate ids).
+    pub fn get_by_id_or_prefix<R: Record>(&self, id: &str) -> Result<Option<R>, StoreError> {
+        if let Some(record) = self.get::<R>(id)? {
+            return Ok(Some(record));
+        }
+        let mut matches = self.list::<R>()?.into_iter().filter(|r| r.id().starts_with(id));
+        Ok(match (matches.next(), matches.next()) {
+            (Some(only), None) => Some(only),
+            _ => None,
+        })
+    }
+
     /// Reads a runtime setting.
     pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err("begin read", e))?;

@@ -190,3 +190,16 @@ fn store_survives_sigkill_mid_write() {
     assert!(pods.len() as u64 >= committed, "every acknowledged commit is durable");
     assert_eq!(pods.len(), containers.len(), "each batch landed whole or not at all");
 }
+
+#[test]
+fn records_are_found_by_id_or_unique_prefix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StateStore::open(dir.path()).expect("open");
+    store.put(&pod("abc123")).expect("put");
+    store.put(&pod("abd456")).expect("put");
+    let found = |id: &str| store.get_by_id_or_prefix::<PodRecord>(id).expect("read").map(|p| p.id);
+    assert_eq!(found("abc123").as_deref(), Some("abc123"));
+    assert_eq!(found("abd").as_deref(), Some("abd456"));
+    assert_eq!(found("ab"), None, "ambiguous");
+    assert_eq!(found("zz"), None);
+}
