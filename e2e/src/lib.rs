@@ -201,6 +201,26 @@ pub fn run_crius(args: &[&str]) -> Result<std::process::Output> {
     Command::new(crius_binary()?).args(args).stdin(Stdio::null()).output().context("run crius")
 }
 
+/// Mount points under `dir` in this process's mount table.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&prefix))
+        .collect()
+}
+
+/// How many processes have a command line that `matches`.
+pub fn count_processes(matches: impl Fn(&str) -> bool) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| matches(&String::from_utf8_lossy(&c))))
+        .count()
+}
+
 fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| format!("<no log at {}: {e}>", path.display()))
 }

@@ -14,9 +14,9 @@ use cri_api::v1::{
     RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
     StopPodSandboxRequest,
 };
-use crius_e2e::Crius;
 use crius_e2e::images::ImageEnv;
 use crius_e2e::registry::{gzip_layer, layer_tar};
+use crius_e2e::{Crius, count_processes, mounts_under};
 use tonic::transport::Channel;
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -139,33 +139,10 @@ fn log_lines(path: &Path) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let prefix = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-        .filter(|m| m.starts_with(&prefix))
-        .collect()
-}
-
+/// Monitor, init and exec processes of the crius using `run_root`.
 fn monitors_of(run_root: &Path) -> usize {
     let needle = run_root.display().to_string();
-    std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| {
-                    std::fs::read(e.path().join("cmdline"))
-                        .map(|c| {
-                            let cmdline = String::from_utf8_lossy(&c);
-                            cmdline.contains("internal") && cmdline.contains(&needle)
-                        })
-                        .unwrap_or(false)
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    count_processes(|cmdline| cmdline.contains("internal") && cmdline.contains(&needle))
 }
 
 #[tokio::test]
@@ -420,19 +397,7 @@ async fn a_pod_can_share_one_pid_namespace() -> anyhow::Result<()> {
     };
     assert!(text.contains("pod-init"), "PID 1 is the pod's init: {text}");
     assert!(text.matches("sleep 1000").count() >= 1 && text.contains("ps"), "{text}");
-    let pod_inits = || {
-        std::fs::read_dir("/proc")
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter(|e| {
-                        std::fs::read(e.path().join("cmdline"))
-                            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("pod-init"))
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    };
+    let pod_inits = || count_processes(|cmdline| cmdline.contains("pod-init"));
     let before = pod_inits();
     assert!(before >= 1);
     rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;

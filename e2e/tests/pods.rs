@@ -8,7 +8,7 @@ use cri_api::v1::{
     PodSandboxState, PodSandboxStateValue, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
     StopPodSandboxRequest,
 };
-use crius_e2e::{Crius, CriusDirs};
+use crius_e2e::{Crius, CriusDirs, mounts_under};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -43,17 +43,6 @@ fn config(name: &str) -> PodSandboxConfig {
 
 fn run(name: &str) -> RunPodSandboxRequest {
     RunPodSandboxRequest { config: Some(config(name)), runtime_handler: String::new() }
-}
-
-/// Mount points under `dir` in this process's mount table.
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let prefix = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-        .filter(|m| m.starts_with(&prefix))
-        .collect()
 }
 
 #[tokio::test]

@@ -18,3 +18,16 @@ pub mod ns;
 pub mod seccomp;
 #[allow(unsafe_code)]
 mod sys;
+
+/// An error and its causes on one line (`outer: inner: innermost`), as the
+/// internal processes print it before exiting.
+pub fn error_report(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

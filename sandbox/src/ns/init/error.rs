@@ -201,13 +201,6 @@ pub enum InitError {
 impl InitError {
     /// The error and its sources, joined by `": "`: the line to print.
     pub fn report(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
+        crate::error_report(self)
     }
 }
