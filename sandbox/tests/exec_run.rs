@@ -25,14 +25,15 @@ use crius_sandbox::cgroups::{Cgroup, detect_host};
 use crius_sandbox::mounts::{MountSpec, RootfsSpec};
 use crius_sandbox::ns::exec::{self, ExecRequest};
 use crius_sandbox::ns::init::{InitError, READY_FD_ENV};
-use crius_sandbox::ns::spec::{
-    CapabilitySpec, ContainerSpec, INIT_PID_FILE, NamespaceSpec, PidNamespace, ProcessSpec, UserSpec,
-};
+use crius_sandbox::ns::spec::{CapabilitySpec, ContainerSpec, INIT_PID_FILE, NamespaceSpec, ProcessSpec, UserSpec};
 use crius_sandbox::seccomp::SeccompProfile;
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::stat::Mode;
 use nix::unistd::Pid;
+
+mod common;
+
+use common::{Fixture, PinnedNs, default_caps, require_root};
 
 /// Set in the container child: the bundle directory.
 const INIT_ENV: &str = "CRIUS_EXEC_TEST_INIT_BUNDLE";
@@ -47,16 +48,6 @@ const HOSTNAME: &str = "exec-test";
 static SERIAL: Mutex<()> = Mutex::new(());
 /// Numbers the cgroups and request files.
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn require_root(name: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let required = std::env::var("TEST_REQUIRE").is_ok_and(|v| v.split(',').any(|c| c == "root"));
-    assert!(!required, "{name}: TEST_REQUIRE=root but not running as root");
-    println!("SKIP {name}: needs root");
-    false
-}
 
 fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + TIMEOUT;
@@ -73,88 +64,12 @@ fn pid_of(child: &Child) -> i32 {
     i32::try_from(child.id()).expect("pid")
 }
 
-/// Fresh UTS, net and IPC namespaces, kept alive by a sleeping helper that
-/// is killed on drop.
-struct PinnedNs {
-    helper: Child,
-}
-
-impl PinnedNs {
-    fn start() -> Self {
-        let helper = Command::new("unshare")
-            .args(["--uts", "--net", "--ipc", "sleep", "60"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn unshare");
-        let pinned = Self { helper };
-        let own = fs::read_link("/proc/self/ns/ipc").expect("own ipc ns");
-        assert!(
-            wait_for(|| fs::read_link(pinned.path("ipc")).is_ok_and(|ns| ns != own)),
-            "unshare helper did not enter new namespaces"
-        );
-        pinned
-    }
-
-    fn path(&self, kind: &str) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/ns/{kind}", self.helper.id()))
-    }
-
-    fn spec(&self) -> NamespaceSpec {
-        NamespaceSpec {
-            net: Some(self.path("net")),
-            ipc: Some(self.path("ipc")),
-            uts: Some(self.path("uts")),
-            pid: PidNamespace::Host,
-        }
-    }
-}
-
-impl Drop for PinnedNs {
-    fn drop(&mut self) {
-        let _ = self.helper.kill();
-        let _ = self.helper.wait();
-    }
-}
-
-/// A bundle and a rootfs (with `/exec-marker`, which the host lacks) in a
-/// temporary directory.
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    rootfs: PathBuf,
-    bundle: PathBuf,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().canonicalize().expect("canonicalize");
-        let (rootfs, bundle) = (dir.join("rootfs"), dir.join("bundle"));
-        fs::create_dir(&rootfs).expect("mkdir rootfs");
-        fs::create_dir(&bundle).expect("mkdir bundle");
-        fs::write(rootfs.join("exec-marker"), "inside\n").expect("write marker");
-        assert!(!Path::new("/exec-marker").exists(), "the host has /exec-marker");
-        nix::unistd::mkfifo(&bundle.join("start"), Mode::from_bits_truncate(0o600)).expect("mkfifo");
-        Self { _tmp: tmp, dir, rootfs, bundle }
-    }
-
-    /// Host mount points under the fixture.
-    fn host_mounts(&self) -> Vec<String> {
-        let text = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
-        let prefix = self.dir.display().to_string();
-        text.lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|mp| mp.starts_with(&prefix))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-fn default_caps() -> Vec<String> {
-    let set = crius_sandbox::caps::effective_set(&[], &[], false, &[]).expect("default caps");
-    let mut names: Vec<String> = set.effective.iter().map(ToString::to_string).collect();
-    names.sort();
-    names
+/// A fixture whose rootfs holds `/exec-marker`, which the host lacks.
+fn fixture() -> Fixture {
+    let fx = Fixture::new();
+    fs::write(fx.rootfs.join("exec-marker"), "inside\n").expect("write marker");
+    assert!(!Path::new("/exec-marker").exists(), "the host has /exec-marker");
+    fx
 }
 
 fn default_cap_bits() -> String {
@@ -422,7 +337,7 @@ fn exec_runs_in_the_container_namespaces_and_cgroup() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let pinned = PinnedNs::start();
-    let fx = Fixture::new();
+    let fx = fixture();
     let mut spec = spec(&fx, pinned.spec());
     spec.process.user = UserSpec { uid: 1000, gid: 1000, additional_gids: vec![50] };
     spec.process.cwd = "/home/app".to_owned();
@@ -462,7 +377,7 @@ fn exec_joins_the_container_pid_namespace() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let pinned = PinnedNs::start();
-    let fx = Fixture::new();
+    let fx = fixture();
     let mut spec = spec(&fx, pinned.spec());
     spec.process.no_new_privileges = true;
     {
@@ -493,7 +408,7 @@ fn exec_failures_are_reported() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let pinned = PinnedNs::start();
-    let fx = Fixture::new();
+    let fx = fixture();
     let spec = spec(&fx, pinned.spec());
     {
         let mut container = Container::start(&fx, &spec, false);
@@ -527,7 +442,7 @@ fn exec_command_dies_with_the_helper() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let pinned = PinnedNs::start();
-    let fx = Fixture::new();
+    let fx = fixture();
     let spec = spec(&fx, pinned.spec());
     {
         let container = Container::start(&fx, &spec, false);
