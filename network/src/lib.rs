@@ -5,4 +5,13 @@
 //! plain data (interfaces, addresses) that the agent translates.
 #![warn(missing_docs)]
 
+mod error;
+pub mod fake;
 pub mod ipam;
+pub mod netns;
+pub mod plan;
+pub mod rtnl;
+
+pub use error::NetError;
+pub mod bridge;
+pub mod firewall;

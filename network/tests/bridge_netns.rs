@@ -1,0 +1,176 @@
+//! The built-in network against the real kernel, inside scratch network
+//! namespaces: one stands for the node, others for pods, so the host is never
+//! touched. Needs root (and `nft` for the hostPort test); skips with
+//! `SKIP <name>: <why>` otherwise, or fails when `TEST_REQUIRE=root` is set.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use crius_network::bridge::{AttachedPod, BridgeConfig, BridgeNetwork};
+use crius_network::firewall::{PortMapping, Protocol};
+use crius_network::netns::{ScratchNetns, run_in};
+use crius_network::plan::{Op, Side};
+use crius_network::rtnl;
+
+fn require_root(name: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let required = std::env::var("TEST_REQUIRE").is_ok_and(|v| v.split(',').any(|c| c == "root"));
+    assert!(!required, "{name}: TEST_REQUIRE=root but not running as root");
+    println!("SKIP {name}: needs root (network namespaces)");
+    false
+}
+
+struct Lab {
+    dir: tempfile::TempDir,
+    host: ScratchNetns,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = ScratchNetns::create(&dir.path().join("host")).expect("host netns");
+        let lo = [Op::SetUp { side: Side::Host, link: "lo".into() }];
+        rtnl::run_plan(Some(host.path()), None, &lo).expect("lo up");
+        Self { dir, host }
+    }
+
+    fn pod(&self, name: &str) -> ScratchNetns {
+        let pod = ScratchNetns::create(&self.dir.path().join(name)).expect("pod netns");
+        let lo = [Op::SetUp { side: Side::Pod, link: "lo".into() }];
+        rtnl::run_plan(Some(self.host.path()), Some(pod.path()), &lo).expect("pod lo up");
+        pod
+    }
+
+    fn network(&self) -> BridgeNetwork {
+        BridgeNetwork::new(BridgeConfig {
+            bridge: "crtest0".into(),
+            subnets: vec!["10.123.0.0/24".parse().expect("cidr")],
+            mtu: 1500,
+            masquerade: true,
+            ipam_dir: self.dir.path().join("ipam"),
+            host_ns: Some(self.host.path().to_owned()),
+        })
+        .expect("network")
+    }
+
+    fn veths(&self) -> Vec<String> {
+        rtnl::bridge_ports(Some(self.host.path()), "crtest0", "cr").expect("ports")
+    }
+}
+
+/// Serves one greeting per connection on port 80 inside `ns`.
+fn serve(ns: &Path, greeting: &'static str) {
+    let listener = run_in(Some(ns), || TcpListener::bind("0.0.0.0:80")).expect("enter").expect("bind");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.write_all(greeting.as_bytes());
+        }
+    });
+}
+
+/// Connects from inside `ns` and reads what the server says.
+fn fetch(ns: &Path, addr: SocketAddr) -> std::io::Result<String> {
+    run_in(Some(ns), || {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    })
+    .expect("enter netns")
+}
+
+fn has_nft() -> bool {
+    ["/usr/sbin/nft", "/sbin/nft"].iter().any(|p| Path::new(p).exists())
+}
+
+#[test]
+fn pods_reach_each_other_and_the_node_reaches_them_then_nothing_is_left() {
+    if !require_root("pods_reach_each_other_and_the_node_reaches_them_then_nothing_is_left") {
+        return;
+    }
+    let lab = Lab::new();
+    let net = lab.network();
+    let (pod1, pod2) = (lab.pod("pod1"), lab.pod("pod2"));
+    let ip1 = net.attach("aaaa1111", pod1.path(), &[]).expect("attach pod1");
+    let ip2 = net.attach("bbbb2222", pod2.path(), &[]).expect("attach pod2");
+    assert_eq!(ip1, [IpAddr::from([10, 123, 0, 2])]);
+    assert_eq!(ip2, [IpAddr::from([10, 123, 0, 3])]);
+    assert_eq!(lab.veths().len(), 2);
+
+    serve(pod1.path(), "hello from pod1");
+    let target = SocketAddr::new(ip1[0], 80);
+    assert_eq!(fetch(lab.host.path(), target).expect("node to pod"), "hello from pod1");
+    assert_eq!(fetch(pod2.path(), target).expect("pod to pod"), "hello from pod1");
+
+    // Attaching the same pod again (a retried RunPodSandbox) gives the same address.
+    assert_eq!(net.attach("aaaa1111", pod1.path(), &[]).expect("re-attach"), ip1);
+
+    for _ in 0..2 {
+        net.detach("aaaa1111").expect("detach pod1");
+        net.detach("bbbb2222").expect("detach pod2");
+    }
+    assert!(lab.veths().is_empty(), "{:?}", lab.veths());
+    assert!(fetch(lab.host.path(), target).is_err(), "pod1 is still reachable");
+}
+
+#[test]
+fn host_ports_work_from_the_node_through_localhost_and_go_away() {
+    let name = "host_ports_work_from_the_node_through_localhost_and_go_away";
+    if !require_root(name) {
+        return;
+    }
+    if !has_nft() {
+        println!("SKIP {name}: nft is not installed (Debian package nftables)");
+        return;
+    }
+    let lab = Lab::new();
+    let net = lab.network();
+    let pod = lab.pod("pod");
+    let tcp = |host_port| PortMapping { protocol: Protocol::Tcp, host_ip: None, host_port, container_port: 80 };
+    net.attach("cccc3333", pod.path(), &[tcp(18080)]).expect("attach");
+    serve(pod.path(), "hello through a host port");
+    let local: SocketAddr = "127.0.0.1:18080".parse().expect("addr");
+    assert_eq!(fetch(lab.host.path(), local).expect("via localhost"), "hello through a host port");
+
+    let other = lab.pod("other");
+    let err = net.attach("dddd4444", other.path(), &[tcp(18080)]).expect_err("port taken");
+    assert!(err.to_string().contains("already mapped by pod cccc3333"), "{err}");
+    assert_eq!(lab.veths().len(), 1, "the refused pod left a veth");
+
+    net.detach("cccc3333").expect("detach");
+    assert!(fetch(lab.host.path(), local).is_err(), "the host port still answers");
+    net.remove_rules().expect("remove table");
+}
+
+#[test]
+fn restore_removes_what_a_crash_left_for_pods_that_are_gone() {
+    if !require_root("restore_removes_what_a_crash_left_for_pods_that_are_gone") {
+        return;
+    }
+    let lab = Lab::new();
+    let (kept, gone) = (lab.pod("kept"), lab.pod("gone"));
+    let kept_ips = {
+        let net = lab.network();
+        net.attach("gone5555", gone.path(), &[]).expect("attach gone");
+        net.attach("kept6666", kept.path(), &[]).expect("attach kept")
+    };
+    // A new crius: only "kept6666" is in its store.
+    let net = lab.network();
+    let live = [AttachedPod { id: "kept6666".into(), ips: kept_ips.clone(), ports: Vec::new() }];
+    if has_nft() {
+        net.restore(&live).expect("restore");
+        net.remove_rules().expect("remove table");
+    } else {
+        println!("restore: nft missing, checking veths and addresses only");
+        let _ = net.restore(&live);
+    }
+    assert_eq!(lab.veths(), ["crkept6666"]);
+    // The released address goes to the next pod; the kept one is never handed out.
+    let next = net.attach("next7777", lab.pod("next").path(), &[]).expect("attach next");
+    assert_ne!(next, kept_ips);
+}
