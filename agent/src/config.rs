@@ -32,6 +32,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// The image store.
     pub images: ImagesConfig,
+    /// The pod network.
+    pub network: NetworkConfig,
 }
 
 /// `[log]`: logging settings.
@@ -88,6 +90,39 @@ pub struct ImagesConfig {
     pub pinned_images: Vec<String>,
 }
 
+/// `[network]`: the pod network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Which network pods get.
+    pub mode: NetworkMode,
+    /// Bridge of the built-in network (also names crius's nftables table).
+    pub bridge: String,
+    /// Pod subnets of the built-in network: one, or one IPv4 and one IPv6.
+    pub subnets: Vec<String>,
+    /// MTU of the bridge and pod interfaces.
+    pub mtu: u32,
+    /// Masquerade pod traffic that leaves the pod subnets.
+    pub masquerade: bool,
+}
+
+/// Pod network mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// crius's built-in bridge, veth and IPAM network.
+    Bridge,
+    /// Pods get only a loopback interface; NetworkReady stays false.
+    None,
+}
+
+impl NetworkConfig {
+    /// The subnets, parsed.
+    pub fn parsed_subnets(&self) -> Result<Vec<crius_network::ipam::Cidr>, String> {
+        self.subnets.iter().map(|s| s.parse().map_err(|e| format!("{e}"))).collect()
+    }
+}
+
 /// Log severity threshold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -135,6 +170,21 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             registry: RegistryConfig::default(),
             images: ImagesConfig::default(),
+            network: NetworkConfig::default(),
+        }
+    }
+}
+
+impl Default for NetworkConfig {
+    /// 10.89.0.0/16: clear of the 10.88.0.0/16 that containerd's and podman's
+    /// examples use, so both can run on one node.
+    fn default() -> Self {
+        Self {
+            mode: NetworkMode::Bridge,
+            bridge: "crius0".into(),
+            subnets: vec!["10.89.0.0/16".into()],
+            mtu: 1500,
+            masquerade: true,
         }
     }
 }
@@ -294,6 +344,23 @@ impl Config {
                 value: format!("{:?}", self.registry.config_path.display().to_string()),
                 allowed: "an absolute path".into(),
             });
+        }
+        if self.network.mode == NetworkMode::Bridge {
+            let invalid = |allowed: String| ConfigError::Invalid {
+                key: "network",
+                value: format!("{:?}", self.network),
+                allowed,
+            };
+            let subnets = self.network.parsed_subnets().map_err(invalid)?;
+            let bridge = crius_network::bridge::BridgeConfig {
+                bridge: self.network.bridge.clone(),
+                subnets,
+                mtu: self.network.mtu,
+                masquerade: self.network.masquerade,
+                ipam_dir: PathBuf::new(),
+                host_ns: None,
+            };
+            bridge.validate().map_err(|e| invalid(e.to_string()))?;
         }
         if self.runtime.cgroup_driver == CgroupDriver::Systemd && !systemd_is_running() {
             return Err(ConfigError::Invalid {

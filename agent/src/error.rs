@@ -44,6 +44,9 @@ pub enum AgentError {
     /// The image store or a registry failed.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The pod network failed.
+    #[error("pod network")]
+    Network(#[from] crius_network::NetError),
 }
 
 /// Converts an agent error into the gRPC status returned to the client.
@@ -56,6 +59,8 @@ pub fn status(error: &AgentError) -> tonic::Status {
         AgentError::Unsupported { .. } => tonic::Status::unimplemented(message),
         AgentError::Store(_) | AgentError::Runtime(_) => tonic::Status::internal(message),
         AgentError::Timeout(_) => tonic::Status::deadline_exceeded(message),
+        AgentError::Network(e) if e.is_invalid_input() => tonic::Status::invalid_argument(message),
+        AgentError::Network(_) => tonic::Status::internal(message),
         AgentError::Image(e) => match e.kind() {
             ImageErrorKind::NotFound => tonic::Status::not_found(message),
             ImageErrorKind::InvalidArgument => tonic::Status::invalid_argument(message),

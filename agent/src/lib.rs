@@ -10,5 +10,6 @@ pub mod cri;
 pub mod error;
 pub mod image_index;
 pub mod logging;
+pub mod network;
 pub mod server;
 pub mod store;

@@ -54,14 +54,22 @@ pub struct CriusDirs {
     pub root: PathBuf,
     /// `--run-root`.
     pub run_root: PathBuf,
+    /// `--config`, unless a test passes its own: pods get no network, so
+    /// tests neither change the host's network nor collide with each other.
+    pub config: PathBuf,
 }
+
+/// The config every test crius gets unless it passes `--config`.
+pub const TEST_CONFIG: &str = "[network]\nmode = \"none\"\n";
 
 impl CriusDirs {
     /// Fresh directories; the socket's directory does not exist yet (crius makes it).
     pub fn new() -> Result<Self> {
         let temp = tempfile::Builder::new().prefix("crius-e2e-").tempdir().context("tempdir")?;
         let run_root = temp.path().join("run");
-        Ok(Self { socket: run_root.join("crius.sock"), root: temp.path().join("root"), run_root, temp })
+        let config = temp.path().join("crius.toml");
+        std::fs::write(&config, TEST_CONFIG).context("write test config")?;
+        Ok(Self { socket: run_root.join("crius.sock"), root: temp.path().join("root"), run_root, config, temp })
     }
 
     /// The standard flags pointing crius at these directories.
@@ -113,8 +121,12 @@ impl Crius {
     /// Starts crius without waiting for it (for tests that expect it to fail).
     pub fn spawn(dirs: &CriusDirs, extra: &[&str], log: &Path) -> Result<Self> {
         let stderr = File::create(log).context("create log file")?;
-        let child = Command::new(crius_binary()?)
-            .args(dirs.args())
+        let mut command = Command::new(crius_binary()?);
+        command.args(dirs.args());
+        if !extra.contains(&"--config") {
+            command.arg("--config").arg(&dirs.config);
+        }
+        let child = command
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

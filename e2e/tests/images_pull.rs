@@ -217,7 +217,7 @@ async fn hosts_toml_server_serves_another_registry_name() -> anyhow::Result<()> 
     let hosts_toml = format!("server = \"{}\"\n", registry.url());
     std::fs::write(hosts.join("mirror.example.invalid/hosts.toml"), hosts_toml)?;
     let config = config_dir.path().join("crius.toml");
-    std::fs::write(&config, format!("[registry]\nconfig_path = \"{}\"\n", hosts.display()))?;
+    std::fs::write(&config, format!("{}[registry]\nconfig_path = \"{}\"\n", crius_e2e::TEST_CONFIG, hosts.display()))?;
     let env = ImageEnv::with_registry(registry, &["--config", config.to_str().context("utf8")?]).await?;
 
     let reference = "mirror.example.invalid/x:tag";

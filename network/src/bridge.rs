@@ -32,6 +32,29 @@ pub struct BridgeConfig {
     pub host_ns: Option<PathBuf>,
 }
 
+impl BridgeConfig {
+    /// Checks the values that the kernel or nftables would refuse.
+    pub fn validate(&self) -> Result<(), NetError> {
+        let name_ok = !self.bridge.is_empty()
+            && self.bridge.len() <= 15
+            && self.bridge.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name_ok {
+            return Err(NetError::Config(format!(
+                "bridge name {:?}: 1-15 characters of [A-Za-z0-9_] (it also names the nftables table)",
+                self.bridge
+            )));
+        }
+        if !(68..=65535).contains(&self.mtu) {
+            return Err(NetError::Config(format!("mtu {}: must be 68-65535", self.mtu)));
+        }
+        let v4 = self.subnets.iter().filter(|s| s.addr().is_ipv4()).count();
+        if self.subnets.is_empty() || v4 > 1 || self.subnets.len() - v4 > 1 {
+            return Err(NetError::Config("one or two subnets: at most one per address family".into()));
+        }
+        Ok(())
+    }
+}
+
 /// A pod as it was attached, for [`BridgeNetwork::restore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachedPod {
@@ -57,22 +80,7 @@ impl BridgeNetwork {
     /// Checks the settings and opens the allocation store; touches no
     /// interface yet.
     pub fn new(config: BridgeConfig) -> Result<Self, NetError> {
-        let name_ok = !config.bridge.is_empty()
-            && config.bridge.len() <= 15
-            && config.bridge.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !name_ok {
-            return Err(NetError::Config(format!(
-                "bridge name {:?}: 1-15 characters of [A-Za-z0-9_] (it also names the nftables table)",
-                config.bridge
-            )));
-        }
-        if !(68..=65535).contains(&config.mtu) {
-            return Err(NetError::Config(format!("mtu {}: must be 68-65535", config.mtu)));
-        }
-        let v4 = config.subnets.iter().filter(|s| s.addr().is_ipv4()).count();
-        if v4 > 1 || config.subnets.len() - v4 > 1 {
-            return Err(NetError::Config("at most one subnet per address family".into()));
-        }
+        config.validate()?;
         let ipam = Ipam::open(&config.ipam_dir, config.subnets.clone())?;
         let firewall = Firewall {
             bridge: config.bridge.clone(),

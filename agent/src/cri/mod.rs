@@ -65,6 +65,8 @@ pub struct AgentState {
     pub cgroup_mode: Option<crius_sandbox::cgroups::CgroupMode>,
     /// Previous cpu samples, for cpu usage rates.
     pub cpu_samples: stats::CpuSamples,
+    /// The pod network.
+    pub network: crate::network::PodNetwork,
 }
 
 impl AgentState {
@@ -77,7 +79,9 @@ impl AgentState {
                 None
             }
         };
+        let network = crate::network::PodNetwork::open(&config);
         Self {
+            network,
             config,
             store,
             images,

@@ -10,10 +10,13 @@ use std::path::Path;
 
 use cri_api::v1::{
     LinuxPodSandboxStatus, ListPodSandboxRequest, ListPodSandboxResponse, Namespace, NamespaceMode, NamespaceOption,
-    PodSandbox, PodSandboxConfig, PodSandboxMetadata, PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus,
-    PodSandboxStatusRequest, PodSandboxStatusResponse, RemovePodSandboxRequest, RemovePodSandboxResponse,
-    RunPodSandboxRequest, RunPodSandboxResponse, StopPodSandboxRequest, StopPodSandboxResponse,
+    PodIp, PodSandbox, PodSandboxConfig, PodSandboxMetadata, PodSandboxNetworkStatus, PodSandboxState,
+    PodSandboxStatus, PodSandboxStatusRequest, PodSandboxStatusResponse, RemovePodSandboxRequest,
+    RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse, StopPodSandboxRequest,
+    StopPodSandboxResponse,
 };
+use crius_network::bridge::AttachedPod;
+use crius_network::firewall::PortMapping;
 use crius_sandbox::cgroups::CgroupManager;
 use crius_sandbox::ns::pod::{self, DnsSpec, PodNamespaces, PodPaths, PodSpec};
 use serde::{Deserialize, Serialize};
@@ -36,6 +39,20 @@ pub struct PodDetails {
     pub cgroup: Option<String>,
     /// Namespaces and files.
     pub paths: Option<PodPaths>,
+    /// The pod's network, when it has its own.
+    #[serde(default)]
+    pub network: Option<PodNetworkDetails>,
+}
+
+/// A pod's place on the pod network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodNetworkDetails {
+    /// Its addresses, primary first.
+    pub ips: Vec<std::net::IpAddr>,
+    /// Its hostPorts.
+    pub ports: Vec<PortMapping>,
+    /// Whether the pod is connected now (false once stopped).
+    pub attached: bool,
 }
 
 /// Creates a pod sandbox, or returns the one kubelet already created with the
@@ -81,6 +98,7 @@ pub fn run_pod_sandbox(state: &AgentState, request: RunPodSandboxRequest) -> Res
             namespace_modes: modes,
             cgroup: None,
             paths: None,
+            network: None,
         })?,
     };
     state.store.put(&record)?;
@@ -124,6 +142,7 @@ fn build_pod(
     };
     pod::check_sysctls(&spec.sysctls, spec.namespaces)
         .map_err(|e| AgentError::InvalidArgument { field: "config.linux.sysctls", reason: e.to_string() })?;
+    let ports = crate::network::host_port_mappings(&config.port_mappings)?;
     let self_exe = std::env::current_exe().map_err(|e| AgentError::Runtime(format!("locate crius binary: {e}")))?;
     let paths = pod::create_pod(&state.config.run_root, &spec, &self_exe).map_err(runtime_err)?;
     let cgroup = match create_pod_cgroup(state, id, config) {
@@ -133,12 +152,26 @@ fn build_pod(
             return Err(e);
         }
     };
+    let network = match paths.net.as_deref().filter(|_| spec.namespaces.net) {
+        Some(netns) => match state.network.attach(id, netns, &ports) {
+            Ok(ips) => Some(PodNetworkDetails { ips, ports, attached: true }),
+            Err(e) => {
+                let _ = pod::destroy_pod(&state.config.run_root, id);
+                if let (Some(mode), Some(path)) = (state.cgroup_mode.clone(), &cgroup) {
+                    let _ = crius_sandbox::cgroups::Cgroup::open(&mode, path).and_then(|c| c.delete());
+                }
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     Ok(PodDetails {
         hostname: config.hostname.clone(),
         log_directory: config.log_directory.clone(),
         namespace_modes: modes,
         cgroup,
         paths: Some(paths),
+        network,
     })
 }
 
@@ -161,6 +194,7 @@ fn create_pod_cgroup(state: &AgentState, id: &str, config: &PodSandboxConfig) ->
 /// Removes whatever exists of a pod: namespaces, files, cgroup, record.
 fn teardown(state: &AgentState, record: &PodRecord) -> Result<(), AgentError> {
     super::containers::remove_all(state, &record.id)?;
+    state.network.detach(&record.id)?;
     pod::destroy_pod(&state.config.run_root, &record.id).map_err(runtime_err)?;
     if let (Some(mode), Some(cgroup)) = (state.cgroup_mode.clone(), details(record).and_then(|d| d.cgroup)) {
         let cgroup = crius_sandbox::cgroups::Cgroup::open(&mode, &cgroup).map_err(runtime_err)?;
@@ -187,6 +221,16 @@ pub fn recover(state: &AgentState) -> Result<(), AgentError> {
             state.store.put(&record)?;
         }
     }
+    let attached: Vec<AttachedPod> = state
+        .store
+        .list::<PodRecord>()?
+        .iter()
+        .filter_map(|record| {
+            let network = details(record)?.network.filter(|n| n.attached)?;
+            Some(AttachedPod { id: record.id.clone(), ips: network.ips, ports: network.ports })
+        })
+        .collect();
+    state.network.restore(&attached);
     Ok(())
 }
 
@@ -201,6 +245,14 @@ pub fn stop_pod_sandbox(
     };
     for container in super::containers::containers_of(state, &record.id)? {
         super::containers::stop(state, container, std::time::Duration::ZERO)?;
+    }
+    if let Some(mut pod_details) = details(&record).filter(|d| d.network.as_ref().is_some_and(|n| n.attached)) {
+        state.network.detach(&record.id)?;
+        if let Some(network) = pod_details.network.as_mut() {
+            network.attached = false;
+        }
+        record.config = details_json(&pod_details)?;
+        state.store.put(&record)?;
     }
     if record.state != PodState::NotReady {
         record.state = PodState::NotReady;
@@ -231,13 +283,17 @@ pub fn pod_sandbox_status(
 ) -> Result<PodSandboxStatusResponse, AgentError> {
     let record = find(state, &request.pod_sandbox_id)?
         .ok_or_else(|| AgentError::NotFound { kind: "pod sandbox", id: request.pod_sandbox_id.clone() })?;
-    let modes = details(&record).map_or([0; 3], |d| d.namespace_modes);
+    let pod_details = details(&record);
+    let modes = pod_details.as_ref().map_or([0; 3], |d| d.namespace_modes);
+    let mut ips = pod_details.and_then(|d| d.network).map(|n| n.ips).unwrap_or_default().into_iter();
+    let ip = ips.next().map(|ip| ip.to_string()).unwrap_or_default();
+    let additional_ips = ips.map(|ip| PodIp { ip: ip.to_string() }).collect();
     let status = PodSandboxStatus {
         id: record.id.clone(),
         metadata: Some(metadata(&record)),
         state: cri_state(record.state) as i32,
         created_at: record.created_at_ns,
-        network: Some(PodSandboxNetworkStatus { ip: String::new(), additional_ips: Vec::new() }),
+        network: Some(PodSandboxNetworkStatus { ip, additional_ips }),
         linux: Some(LinuxPodSandboxStatus {
             namespaces: Some(Namespace {
                 options: Some(NamespaceOption {

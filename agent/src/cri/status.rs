@@ -20,7 +20,7 @@ const NETWORK_READY: &str = "NetworkReady";
 pub fn status(state: &AgentState, request: StatusRequest) -> Result<StatusResponse, AgentError> {
     let store_check = state.store.check().map_err(|e| chain(&e));
     let runtime = runtime_condition(store_check, &[&state.config.root, &state.config.run_root]);
-    let network = network_condition();
+    let network = network_condition(state.network.not_ready_reason());
     if !runtime.status {
         tracing::warn!(reason = %runtime.reason, message = %runtime.message, "runtime not ready");
     }
@@ -69,14 +69,12 @@ fn runtime_condition(store: Result<(), String>, dirs: &[&Path]) -> RuntimeCondit
     condition(RUNTIME_READY, true, "", String::new())
 }
 
-/// NetworkReady: crius has no pod network yet, and says so.
-fn network_condition() -> RuntimeCondition {
-    condition(
-        NETWORK_READY,
-        false,
-        "NetworkPluginNotReady",
-        "crius: pod networking is not available in this version (no built-in network or CNI support yet)".to_owned(),
-    )
+/// NetworkReady: whether pods get their network, and if not, why.
+fn network_condition(not_ready: Option<String>) -> RuntimeCondition {
+    match not_ready {
+        None => condition(NETWORK_READY, true, "", String::new()),
+        Some(why) => condition(NETWORK_READY, false, "NetworkPluginNotReady", format!("crius pod network: {why}")),
+    }
 }
 
 fn condition(kind: &str, status: bool, reason: &str, message: String) -> RuntimeCondition {
@@ -101,6 +99,7 @@ mod tests {
         assert_eq!(conditions[1].r#type, "NetworkReady");
         assert!(!conditions[1].status);
         assert!(!conditions[1].reason.is_empty() && !conditions[1].message.is_empty());
+        assert!(conditions[1].message.contains("not set up yet"), "{:?}", conditions[1]);
         assert!(response.info.is_empty(), "info only when verbose");
     }
 

@@ -1,0 +1,158 @@
+//! The pod network as the CRI handlers see it: the built-in bridge network
+//! (or none), whether it is ready, and the translation of CRI port mappings.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Mutex;
+
+use cri_api::v1::{PortMapping as CriPortMapping, Protocol as CriProtocol};
+use crius_network::bridge::{AttachedPod, BridgeConfig, BridgeNetwork};
+use crius_network::firewall::{PortMapping, Protocol};
+
+use crate::config::{Config, NetworkMode};
+use crate::error::AgentError;
+
+/// The pod network of this crius.
+#[derive(Debug)]
+pub struct PodNetwork {
+    bridge: Option<BridgeNetwork>,
+    /// Why pods cannot get a network now; `None` when they can.
+    not_ready: Mutex<Option<String>>,
+}
+
+impl PodNetwork {
+    /// Opens the configured network; it is not ready until [`PodNetwork::restore`] ran.
+    pub fn open(config: &Config) -> Self {
+        let net = &config.network;
+        if net.mode == NetworkMode::None {
+            let why = "network.mode is \"none\": pods get only a loopback interface".to_owned();
+            return Self { bridge: None, not_ready: Mutex::new(Some(why)) };
+        }
+        let bridge = net.parsed_subnets().map_err(crius_network::NetError::Config).and_then(|subnets| {
+            BridgeNetwork::new(BridgeConfig {
+                bridge: net.bridge.clone(),
+                subnets,
+                mtu: net.mtu,
+                masquerade: net.masquerade,
+                ipam_dir: config.root.join("network").join(&net.bridge),
+                host_ns: None,
+            })
+        });
+        match bridge {
+            Ok(bridge) => Self { bridge: Some(bridge), not_ready: Mutex::new(Some("not set up yet".into())) },
+            Err(e) => Self { bridge: None, not_ready: Mutex::new(Some(crate::error::chain(&e))) },
+        }
+    }
+
+    /// Sets up the bridge and NAT for the pods that exist and removes what
+    /// belonged to pods that do not (after a crash).
+    pub fn restore(&self, pods: &[AttachedPod]) {
+        let Some(bridge) = &self.bridge else { return };
+        let result = bridge.restore(pods);
+        if let Err(e) = &result {
+            tracing::warn!(error = %crate::error::chain(e), "pod network is not ready");
+        }
+        self.set_ready(result.as_ref().err());
+    }
+
+    /// `None` when pods get a network; else why not.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        self.not_ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Connects a pod's network namespace; returns its addresses (none
+    /// without a network).
+    pub fn attach(&self, pod_id: &str, netns: &Path, ports: &[PortMapping]) -> Result<Vec<IpAddr>, AgentError> {
+        let Some(bridge) = &self.bridge else { return Ok(Vec::new()) };
+        let result = bridge.attach(pod_id, netns, ports);
+        match &result {
+            Ok(_) => self.set_ready(None),
+            Err(e) if !e.is_invalid_input() => self.set_ready(Some(e)),
+            Err(_) => {}
+        }
+        Ok(result?)
+    }
+
+    /// Disconnects a pod; idempotent.
+    pub fn detach(&self, pod_id: &str) -> Result<(), AgentError> {
+        match &self.bridge {
+            Some(bridge) => Ok(bridge.detach(pod_id)?),
+            None => Ok(()),
+        }
+    }
+
+    fn set_ready(&self, error: Option<&crius_network::NetError>) {
+        *self.not_ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            error.map(|e| crate::error::chain(e));
+    }
+}
+
+/// CRI port mappings with a host port, as the network takes them. Mappings
+/// without a host port only document the container port and need no rule.
+pub fn host_port_mappings(mappings: &[CriPortMapping]) -> Result<Vec<PortMapping>, AgentError> {
+    let invalid = |reason: String| AgentError::InvalidArgument { field: "config.port_mappings", reason };
+    let mut out = Vec::new();
+    for m in mappings.iter().filter(|m| m.host_port != 0) {
+        let port = |value: i32, what: &str| {
+            u16::try_from(value)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| invalid(format!("{what} {value} is not a port number (1-65535)")))
+        };
+        let protocol = match CriProtocol::try_from(m.protocol) {
+            Ok(CriProtocol::Tcp) => Protocol::Tcp,
+            Ok(CriProtocol::Udp) => Protocol::Udp,
+            Ok(CriProtocol::Sctp) => Protocol::Sctp,
+            Err(_) => return Err(invalid(format!("unknown protocol {}", m.protocol))),
+        };
+        let host_ip = match m.host_ip.as_str() {
+            "" => None,
+            text => {
+                let ip: IpAddr = text.parse().map_err(|_| invalid(format!("host_ip {text:?} is not an IP address")))?;
+                Some(ip).filter(|ip| !ip.is_unspecified())
+            }
+        };
+        out.push(PortMapping {
+            protocol,
+            host_ip,
+            host_port: port(m.host_port, "host_port")?,
+            container_port: port(m.container_port, "container_port")?,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cri(protocol: CriProtocol, host_ip: &str, host_port: i32, container_port: i32) -> CriPortMapping {
+        CriPortMapping { protocol: protocol as i32, host_ip: host_ip.into(), host_port, container_port }
+    }
+
+    #[test]
+    fn only_mappings_with_a_host_port_become_rules() {
+        let got = host_port_mappings(&[
+            cri(CriProtocol::Tcp, "", 0, 80),
+            cri(CriProtocol::Udp, "0.0.0.0", 5353, 53),
+            cri(CriProtocol::Tcp, "192.168.0.9", 8080, 80),
+        ])
+        .expect("valid");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], PortMapping { protocol: Protocol::Udp, host_ip: None, host_port: 5353, container_port: 53 });
+        assert_eq!(got[1].host_ip, Some("192.168.0.9".parse().expect("ip")));
+    }
+
+    #[test]
+    fn bad_mappings_are_invalid_arguments() {
+        for bad in [
+            cri(CriProtocol::Tcp, "", 70000, 80),
+            cri(CriProtocol::Tcp, "", 8080, 0),
+            cri(CriProtocol::Tcp, "not-an-ip", 8080, 80),
+            CriPortMapping { protocol: 9, host_ip: String::new(), host_port: 1, container_port: 1 },
+        ] {
+            let err = host_port_mappings(&[bad]).expect_err("refused");
+            assert!(matches!(err, AgentError::InvalidArgument { .. }), "{err}");
+        }
+    }
+}
