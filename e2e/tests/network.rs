@@ -1,0 +1,186 @@
+//! The built-in pod network through CRI: pod IPs in PodSandboxStatus, the pod
+//! reachable from the node and through a hostPort on 127.0.0.1, surviving a
+//! SIGKILL of crius, and nothing left (veth, address, NAT rule) after removal.
+//!
+//! Each test uses its own bridge and /24 so that tests, and a crius already
+//! running on the node, never meet; the bridge and the nftables table are
+//! removed at the end. Needs root and `nft`; skips otherwise.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use cri_api::v1::runtime_service_client::RuntimeServiceClient;
+use cri_api::v1::{
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortMapping, Protocol, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StatusRequest, StopPodSandboxRequest,
+};
+use crius_e2e::{Crius, CriusDirs, TEST_CONFIG};
+use crius_network::netns::run_in;
+use nix::sys::signal::Signal;
+use tonic::transport::Channel;
+
+fn skip(name: &str) -> bool {
+    let why = if !nix::unistd::geteuid().is_root() {
+        "needs root"
+    } else if !Path::new("/usr/sbin/nft").exists() {
+        "needs nft (Debian package nftables)"
+    } else {
+        return false;
+    };
+    println!("SKIP {name}: {why}");
+    true
+}
+
+/// A bridge name, subnet and host port of this test process, and removal of
+/// the bridge and table when the test ends.
+struct TestNetwork {
+    bridge: String,
+    subnet_prefix: String,
+    host_port: u16,
+    config: PathBuf,
+}
+
+impl TestNetwork {
+    fn new(dirs: &CriusDirs, n: u32) -> anyhow::Result<Self> {
+        let pid = std::process::id();
+        let bridge = format!("cre{}x{n}", pid % 100_000);
+        let subnet_prefix = format!("10.{}.{}", 200 + (pid % 50), (pid / 50 % 200) + n);
+        let host_port = 20_000 + u16::try_from(pid % 20_000)? + u16::try_from(n)?;
+        let config = dirs.temp.path().join("network.toml");
+        let text = TEST_CONFIG.replace(
+            "mode = \"none\"",
+            &format!("mode = \"bridge\"\nbridge = \"{bridge}\"\nsubnets = [\"{subnet_prefix}.0/24\"]"),
+        );
+        std::fs::write(&config, text)?;
+        Ok(Self { bridge, subnet_prefix, host_port, config })
+    }
+
+    fn args(&self) -> [&str; 2] {
+        ["--config", self.config.to_str().unwrap_or_default()]
+    }
+
+    /// Host-side veths attached to the bridge.
+    fn veths(&self) -> Vec<String> {
+        crius_network::rtnl::bridge_ports(None, &self.bridge, "cr").unwrap_or_default()
+    }
+
+    fn table(&self) -> String {
+        let out = Command::new("nft").args(["list", "table", "inet", &self.bridge]).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        let _ = Command::new("nft").args(["delete", "table", "inet", &self.bridge]).status();
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+    }
+}
+
+fn pod(name: &str, host_port: u16) -> RunPodSandboxRequest {
+    RunPodSandboxRequest {
+        config: Some(PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "e2e-net".into(),
+                attempt: 0,
+            }),
+            port_mappings: vec![PortMapping {
+                protocol: Protocol::Tcp as i32,
+                container_port: 80,
+                host_port: i32::from(host_port),
+                host_ip: String::new(),
+            }],
+            ..PodSandboxConfig::default()
+        }),
+        runtime_handler: String::new(),
+    }
+}
+
+async fn pod_ip(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> anyhow::Result<IpAddr> {
+    let status = rt.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false }).await?;
+    let network = status.into_inner().status.and_then(|s| s.network).unwrap_or_default();
+    Ok(network.ip.parse()?)
+}
+
+/// Serves a greeting on port 80 inside the pod's network namespace.
+fn serve_in_pod(dirs: &CriusDirs, id: &str, greeting: &'static str) -> anyhow::Result<()> {
+    let netns = dirs.run_root.join("pods").join(id).join("ns/net");
+    let listener = run_in(Some(&netns), || TcpListener::bind("0.0.0.0:80"))??;
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.write_all(greeting.as_bytes());
+        }
+    });
+    Ok(())
+}
+
+fn fetch(addr: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+#[tokio::test]
+async fn pods_get_addresses_and_host_ports_through_a_crius_restart_and_leave_nothing() -> anyhow::Result<()> {
+    if skip("pods_get_addresses_and_host_ports_through_a_crius_restart_and_leave_nothing") {
+        return Ok(());
+    }
+    let dirs = CriusDirs::new()?;
+    let net = TestNetwork::new(&dirs, 0)?;
+    let crius = Crius::start(&dirs, &net.args()).await?;
+    let mut rt = crius.runtime().await?;
+    let conditions = rt.status(StatusRequest { verbose: false }).await?.into_inner().status.unwrap_or_default();
+    let ready = conditions.conditions.iter().find(|c| c.r#type == "NetworkReady").map(|c| c.status);
+    assert_eq!(ready, Some(true), "{conditions:?}\n{}", crius.log_text());
+
+    let web = rt.run_pod_sandbox(pod("web", net.host_port)).await?.into_inner().pod_sandbox_id;
+    let ip = pod_ip(&mut rt, &web).await?;
+    assert!(ip.to_string().starts_with(&format!("{}.", net.subnet_prefix)), "{ip}");
+    serve_in_pod(&dirs, &web, "web says hi")?;
+    assert_eq!(fetch(SocketAddr::new(ip, 80))?, "web says hi");
+    let local = SocketAddr::from(([127, 0, 0, 1], net.host_port));
+    assert_eq!(fetch(local)?, "web says hi");
+
+    // A second pod asking for the same host port is refused and leaves nothing.
+    let err = rt.run_pod_sandbox(pod("clash", net.host_port)).await.expect_err("host port taken");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert_eq!(net.veths().len(), 1);
+
+    // crius dies; the pod keeps its network, and a new crius keeps its rules.
+    drop(rt);
+    drop(crius);
+    assert_eq!(fetch(local)?, "web says hi");
+    let crius = Crius::start(&dirs, &net.args()).await?;
+    let mut rt = crius.runtime().await?;
+    assert_eq!(fetch(local)?, "web says hi");
+    assert_eq!(pod_ip(&mut rt, &web).await?, ip);
+
+    rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: web.clone() }).await?;
+    assert!(fetch(local).is_err(), "the host port answers after StopPodSandbox");
+    assert!(net.veths().is_empty(), "{:?}", net.veths());
+    for _ in 0..2 {
+        rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: web.clone() }).await?;
+    }
+    assert!(!net.table().contains("dnat ip to"), "{}", net.table());
+    let ipam = dirs.root.join("network").join(&net.bridge);
+    let allocated: Vec<_> = walk_files(&ipam).into_iter().filter(|p| !p.ends_with("last_reserved")).collect();
+    assert!(allocated.is_empty(), "{allocated:?}");
+    crius.signal(Signal::SIGTERM)?;
+    Ok(())
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() { out.extend(walk_files(&path)) } else { out.push(path) }
+    }
+    out
+}
