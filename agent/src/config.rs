@@ -104,14 +104,22 @@ pub struct NetworkConfig {
     pub mtu: u32,
     /// Masquerade pod traffic that leaves the pod subnets.
     pub masquerade: bool,
+    /// CNI mode: directory of network configs.
+    pub cni_conf_dir: PathBuf,
+    /// CNI mode: directories searched for plugin binaries.
+    pub cni_bin_dirs: Vec<PathBuf>,
 }
 
 /// Pod network mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
+    /// CNI when `cni_conf_dir` holds a valid config at start, else the built-in bridge.
+    Auto,
     /// crius's built-in bridge, veth and IPAM network.
     Bridge,
+    /// Standard CNI plugins, configured in `cni_conf_dir`.
+    Cni,
     /// Pods get only a loopback interface; NetworkReady stays false.
     None,
 }
@@ -180,11 +188,14 @@ impl Default for NetworkConfig {
     /// examples use, so both can run on one node.
     fn default() -> Self {
         Self {
-            mode: NetworkMode::Bridge,
+            mode: NetworkMode::Auto,
             bridge: "crius0".into(),
             subnets: vec!["10.89.0.0/16".into()],
             mtu: 1500,
             masquerade: true,
+            cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
+            // Debian's containernetworking-plugins install to /usr/lib/cni.
+            cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
         }
     }
 }
@@ -345,7 +356,7 @@ impl Config {
                 allowed: "an absolute path".into(),
             });
         }
-        if self.network.mode == NetworkMode::Bridge {
+        if matches!(self.network.mode, NetworkMode::Bridge | NetworkMode::Auto) {
             let invalid = |allowed: String| ConfigError::Invalid {
                 key: "network",
                 value: format!("{:?}", self.network),

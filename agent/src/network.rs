@@ -6,65 +6,116 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use cri_api::v1::{PortMapping as CriPortMapping, Protocol as CriProtocol};
+use std::collections::HashSet;
+
 use crius_network::bridge::{AttachedPod, BridgeConfig, BridgeNetwork};
+use crius_network::cni::{CniConfig, CniDns, CniNetwork, CniPod};
 use crius_network::firewall::{PortMapping, Protocol};
 
 use crate::config::{Config, NetworkMode};
 use crate::error::AgentError;
 
+/// Which network pods get.
+#[derive(Debug)]
+enum Backend {
+    /// Loopback only.
+    None,
+    /// The built-in bridge network.
+    Bridge(BridgeNetwork),
+    /// Standard CNI plugins.
+    Cni(CniNetwork),
+}
+
 /// The pod network of this crius.
 #[derive(Debug)]
 pub struct PodNetwork {
-    bridge: Option<BridgeNetwork>,
+    backend: Backend,
     /// Why pods cannot get a network now; `None` when they can.
     not_ready: Mutex<Option<String>>,
 }
 
 impl PodNetwork {
-    /// Opens the configured network; it is not ready until [`PodNetwork::restore`] ran.
+    /// Opens the configured network (`auto`: CNI when the conf dir holds a
+    /// valid config, else the built-in bridge); it is not ready until
+    /// [`PodNetwork::restore`] ran.
     pub fn open(config: &Config) -> Self {
         let net = &config.network;
-        if net.mode == NetworkMode::None {
-            let why = "network.mode is \"none\": pods get only a loopback interface".to_owned();
-            return Self { bridge: None, not_ready: Mutex::new(Some(why)) };
-        }
-        let bridge = net.parsed_subnets().map_err(crius_network::NetError::Config).and_then(|subnets| {
-            BridgeNetwork::new(BridgeConfig {
-                bridge: net.bridge.clone(),
-                subnets,
-                mtu: net.mtu,
-                masquerade: net.masquerade,
-                ipam_dir: config.root.join("network").join(&net.bridge),
-                host_ns: None,
-            })
-        });
-        match bridge {
-            Ok(bridge) => Self { bridge: Some(bridge), not_ready: Mutex::new(Some("not set up yet".into())) },
-            Err(e) => Self { bridge: None, not_ready: Mutex::new(Some(crate::error::chain(&e))) },
+        let cni_config = CniConfig {
+            conf_dir: net.cni_conf_dir.clone(),
+            bin_dirs: net.cni_bin_dirs.clone(),
+            cache_dir: config.root.join("network").join("cni"),
+        };
+        let mode = match net.mode {
+            NetworkMode::Auto if crius_network::cni::config::load(&net.cni_conf_dir).is_ok() => NetworkMode::Cni,
+            NetworkMode::Auto => NetworkMode::Bridge,
+            mode => mode,
+        };
+        let backend = match mode {
+            NetworkMode::None => {
+                let why = "network.mode is \"none\": pods get only a loopback interface".to_owned();
+                return Self { backend: Backend::None, not_ready: Mutex::new(Some(why)) };
+            }
+            NetworkMode::Cni => CniNetwork::new(cni_config).map(Backend::Cni),
+            NetworkMode::Bridge | NetworkMode::Auto => {
+                net.parsed_subnets().map_err(crius_network::NetError::Config).and_then(|subnets| {
+                    BridgeNetwork::new(BridgeConfig {
+                        bridge: net.bridge.clone(),
+                        subnets,
+                        mtu: net.mtu,
+                        masquerade: net.masquerade,
+                        ipam_dir: config.root.join("network").join(&net.bridge),
+                        host_ns: None,
+                    })
+                    .map(Backend::Bridge)
+                })
+            }
+        };
+        match backend {
+            Ok(backend) => {
+                tracing::info!(mode = ?mode, "pod network");
+                Self { backend, not_ready: Mutex::new(Some("not set up yet".into())) }
+            }
+            Err(e) => Self { backend: Backend::None, not_ready: Mutex::new(Some(crate::error::chain(&e))) },
         }
     }
 
-    /// Sets up the bridge and NAT for the pods that exist and removes what
-    /// belonged to pods that do not (after a crash).
+    /// Sets up the network for the pods that are attached and removes what
+    /// belonged to pods that are not (after a crash).
     pub fn restore(&self, pods: &[AttachedPod]) {
-        let Some(bridge) = &self.bridge else { return };
-        let result = bridge.restore(pods);
+        let result = match &self.backend {
+            Backend::None => return,
+            Backend::Bridge(bridge) => bridge.restore(pods),
+            Backend::Cni(cni) => cni.restore(&pods.iter().map(|p| p.id.clone()).collect::<HashSet<_>>()),
+        };
         if let Err(e) = &result {
             tracing::warn!(error = %crate::error::chain(e), "pod network is not ready");
         }
         self.set_ready(result.as_ref().err());
     }
 
-    /// `None` when pods get a network; else why not.
+    /// `None` when pods get a network; else why not. In CNI mode this
+    /// follows the conf dir: a config that appears or breaks counts at once.
     pub fn not_ready_reason(&self) -> Option<String> {
+        if let Backend::Cni(cni) = &self.backend {
+            return cni.check_ready().err().map(|e| crate::error::chain(&e));
+        }
         self.not_ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Connects a pod's network namespace; returns its addresses (none
     /// without a network).
-    pub fn attach(&self, pod_id: &str, netns: &Path, ports: &[PortMapping]) -> Result<Vec<IpAddr>, AgentError> {
-        let Some(bridge) = &self.bridge else { return Ok(Vec::new()) };
-        let result = bridge.attach(pod_id, netns, ports);
+    pub fn attach(
+        &self,
+        pod: &CniPod<'_>,
+        netns: &Path,
+        ports: &[PortMapping],
+        dns: &CniDns,
+    ) -> Result<Vec<IpAddr>, AgentError> {
+        let result = match &self.backend {
+            Backend::None => return Ok(Vec::new()),
+            Backend::Bridge(bridge) => bridge.attach(pod.id, netns, ports),
+            Backend::Cni(cni) => cni.attach(pod, netns, ports, dns),
+        };
         match &result {
             Ok(_) => self.set_ready(None),
             Err(e) if !e.is_invalid_input() => self.set_ready(Some(e)),
@@ -75,9 +126,10 @@ impl PodNetwork {
 
     /// Disconnects a pod; idempotent.
     pub fn detach(&self, pod_id: &str) -> Result<(), AgentError> {
-        match &self.bridge {
-            Some(bridge) => Ok(bridge.detach(pod_id)?),
-            None => Ok(()),
+        match &self.backend {
+            Backend::None => Ok(()),
+            Backend::Bridge(bridge) => Ok(bridge.detach(pod_id)?),
+            Backend::Cni(cni) => Ok(cni.detach(pod_id)?),
         }
     }
 

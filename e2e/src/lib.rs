@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod images;
+pub mod pod_net;
 pub mod registry;
 
 use std::fs::File;

@@ -6,33 +6,14 @@
 //! running on the node, never meet; the bridge and the nftables table are
 //! removed at the end. Needs root and `nft`; skips otherwise.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
-use cri_api::v1::runtime_service_client::RuntimeServiceClient;
-use cri_api::v1::{
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortMapping, Protocol, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StatusRequest, StopPodSandboxRequest,
-};
+use cri_api::v1::{RemovePodSandboxRequest, StatusRequest, StopPodSandboxRequest};
+use crius_e2e::pod_net::{fetch, pod, pod_ip, serve_in_pod, skip, walk_files};
 use crius_e2e::{Crius, CriusDirs, TEST_CONFIG};
-use crius_network::netns::run_in;
 use nix::sys::signal::Signal;
-use tonic::transport::Channel;
-
-fn skip(name: &str) -> bool {
-    let why = if !nix::unistd::geteuid().is_root() {
-        "needs root"
-    } else if !Path::new("/usr/sbin/nft").exists() {
-        "needs nft (Debian package nftables)"
-    } else {
-        return false;
-    };
-    println!("SKIP {name}: {why}");
-    true
-}
 
 /// A bridge name, subnet and host port of this test process, and removal of
 /// the bridge and table when the test ends.
@@ -78,53 +59,6 @@ impl Drop for TestNetwork {
         let _ = Command::new("nft").args(["delete", "table", "inet", &self.bridge]).status();
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
     }
-}
-
-fn pod(name: &str, host_port: u16) -> RunPodSandboxRequest {
-    RunPodSandboxRequest {
-        config: Some(PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "e2e-net".into(),
-                attempt: 0,
-            }),
-            port_mappings: vec![PortMapping {
-                protocol: Protocol::Tcp as i32,
-                container_port: 80,
-                host_port: i32::from(host_port),
-                host_ip: String::new(),
-            }],
-            ..PodSandboxConfig::default()
-        }),
-        runtime_handler: String::new(),
-    }
-}
-
-async fn pod_ip(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> anyhow::Result<IpAddr> {
-    let status = rt.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false }).await?;
-    let network = status.into_inner().status.and_then(|s| s.network).unwrap_or_default();
-    Ok(network.ip.parse()?)
-}
-
-/// Serves a greeting on port 80 inside the pod's network namespace.
-fn serve_in_pod(dirs: &CriusDirs, id: &str, greeting: &'static str) -> anyhow::Result<()> {
-    let netns = dirs.run_root.join("pods").join(id).join("ns/net");
-    let listener = run_in(Some(&netns), || TcpListener::bind("0.0.0.0:80"))??;
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let _ = stream.write_all(greeting.as_bytes());
-        }
-    });
-    Ok(())
-}
-
-fn fetch(addr: SocketAddr) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    Ok(text)
 }
 
 #[tokio::test]
@@ -174,13 +108,4 @@ async fn pods_get_addresses_and_host_ports_through_a_crius_restart_and_leave_not
     assert!(allocated.is_empty(), "{allocated:?}");
     crius.signal(Signal::SIGTERM)?;
     Ok(())
-}
-
-fn walk_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() { out.extend(walk_files(&path)) } else { out.push(path) }
-    }
-    out
 }

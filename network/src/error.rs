@@ -37,6 +37,16 @@ pub enum NetError {
     /// The packet filter (nftables) refused crius's rules.
     #[error("nftables: {0}")]
     Firewall(String),
+    /// A CNI plugin failed.
+    #[error("CNI plugin {plugin} {command}: {message}")]
+    Cni {
+        /// The plugin type.
+        plugin: String,
+        /// ADD, DEL or CHECK.
+        command: &'static str,
+        /// The plugin's error message.
+        message: String,
+    },
     /// A configuration value is unusable.
     #[error("network config: {0}")]
     Config(String),

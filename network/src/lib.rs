@@ -14,4 +14,5 @@ pub mod rtnl;
 
 pub use error::NetError;
 pub mod bridge;
+pub mod cni;
 pub mod firewall;

@@ -16,6 +16,7 @@ use cri_api::v1::{
     StopPodSandboxResponse,
 };
 use crius_network::bridge::AttachedPod;
+use crius_network::cni::{CniDns, CniPod};
 use crius_network::firewall::PortMapping;
 use crius_sandbox::cgroups::CgroupManager;
 use crius_sandbox::ns::pod::{self, DnsSpec, PodNamespaces, PodPaths, PodSpec};
@@ -153,7 +154,7 @@ fn build_pod(
         }
     };
     let network = match paths.net.as_deref().filter(|_| spec.namespaces.net) {
-        Some(netns) => match state.network.attach(id, netns, &ports) {
+        Some(netns) => match attach_network(state, id, config, netns, &ports) {
             Ok(ips) => Some(PodNetworkDetails { ips, ports, attached: true }),
             Err(e) => {
                 let _ = pod::destroy_pod(&state.config.run_root, id);
@@ -173,6 +174,21 @@ fn build_pod(
         paths: Some(paths),
         network,
     })
+}
+
+/// Connects the pod's network namespace to the pod network.
+fn attach_network(
+    state: &AgentState,
+    id: &str,
+    config: &PodSandboxConfig,
+    netns: &Path,
+    ports: &[PortMapping],
+) -> Result<Vec<std::net::IpAddr>, AgentError> {
+    let metadata = config.metadata.clone().unwrap_or_default();
+    let dns = config.dns_config.clone().unwrap_or_default();
+    let pod = CniPod { id, name: &metadata.name, namespace: &metadata.namespace, uid: &metadata.uid };
+    let dns = CniDns { servers: dns.servers, searches: dns.searches, options: dns.options };
+    state.network.attach(&pod, netns, ports, &dns)
 }
 
 /// The pod's cgroup: kubelet's `cgroup_parent` when given, else
