@@ -21,7 +21,7 @@ enum Backend {
     /// Loopback only.
     None,
     /// The built-in bridge network.
-    Bridge(BridgeNetwork),
+    Bridge(Box<BridgeNetwork>),
     /// Standard CNI plugins.
     Cni(CniNetwork),
 }
@@ -66,7 +66,7 @@ impl PodNetwork {
                         ipam_dir: config.root.join("network").join(&net.bridge),
                         host_ns: None,
                     })
-                    .map(Backend::Bridge)
+                    .map(|b| Backend::Bridge(Box::new(b)))
                 })
             }
         };
@@ -122,6 +122,15 @@ impl PodNetwork {
             Err(_) => {}
         }
         Ok(result?)
+    }
+
+    /// Disconnects a pod at StopPodSandbox: like [`PodNetwork::detach`],
+    /// but the built-in network finishes removing the veth in the background.
+    pub fn detach_soon(&self, pod_id: &str) -> Result<(), AgentError> {
+        match &self.backend {
+            Backend::Bridge(bridge) => Ok(bridge.detach_soon(pod_id)?),
+            _ => self.detach(pod_id),
+        }
     }
 
     /// Disconnects a pod; idempotent.

@@ -98,10 +98,10 @@ async fn pods_get_addresses_and_host_ports_through_a_crius_restart_and_leave_not
 
     rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: web.clone() }).await?;
     assert!(fetch(local).is_err(), "the host port answers after StopPodSandbox");
-    assert!(net.veths().is_empty(), "{:?}", net.veths());
     for _ in 0..2 {
         rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: web.clone() }).await?;
     }
+    assert!(net.veths().is_empty(), "{:?}", net.veths());
     assert!(!net.table().contains("dnat ip to"), "{}", net.table());
     let ipam = dirs.root.join("network").join(&net.bridge);
     let allocated: Vec<_> = walk_files(&ipam).into_iter().filter(|p| !p.ends_with("last_reserved")).collect();

@@ -3,10 +3,11 @@
 //! undone when a later one fails; [`BridgeNetwork::restore`] reconciles the
 //! kernel and the allocations with the pods that exist after a restart.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use crate::NetError;
 use crate::firewall::{Firewall, PodPorts, PortMapping};
@@ -70,10 +71,12 @@ pub struct AttachedPod {
 #[derive(Debug)]
 pub struct BridgeNetwork {
     config: BridgeConfig,
-    ipam: Ipam,
+    ipam: Arc<Ipam>,
     firewall: Firewall,
     /// Pods with hostPorts: what the nftables table holds.
     port_pods: Mutex<BTreeMap<String, PodPorts>>,
+    /// Veth removals running in the background, by pod id.
+    pending: Mutex<HashMap<String, JoinHandle<()>>>,
 }
 
 impl BridgeNetwork {
@@ -81,14 +84,14 @@ impl BridgeNetwork {
     /// interface yet.
     pub fn new(config: BridgeConfig) -> Result<Self, NetError> {
         config.validate()?;
-        let ipam = Ipam::open(&config.ipam_dir, config.subnets.clone())?;
+        let ipam = Arc::new(Ipam::open(&config.ipam_dir, config.subnets.clone())?);
         let firewall = Firewall {
             bridge: config.bridge.clone(),
             subnets: config.subnets.clone(),
             masquerade: config.masquerade,
             host_ns: config.host_ns.clone(),
         };
-        Ok(Self { config, ipam, firewall, port_pods: Mutex::new(BTreeMap::new()) })
+        Ok(Self { config, ipam, firewall, port_pods: Mutex::new(BTreeMap::new()), pending: Mutex::default() })
     }
 
     /// The settings.
@@ -141,8 +144,51 @@ impl BridgeNetwork {
         Ok(ips)
     }
 
+    /// Disconnects a pod: its hostPorts at once, its veth and address in the
+    /// background (deleting a veth waits for an RCU grace period, which is
+    /// most of StopPodSandbox's time otherwise). The address is released only
+    /// once the veth is gone, so it is never handed out while still in use;
+    /// [`BridgeNetwork::detach`] waits for the background part, and a crash
+    /// in between is cleaned by [`BridgeNetwork::restore`].
+    pub fn detach_soon(&self, pod_id: &str) -> Result<(), NetError> {
+        self.remove_ports(pod_id)?;
+        let veth = plan::host_veth_name(pod_id);
+        let host_ns = self.config.host_ns.clone();
+        let ipam = Arc::clone(&self.ipam);
+        let id = pod_id.to_owned();
+        let worker = std::thread::Builder::new().name("veth-delete".into()).spawn(move || {
+            let done = rtnl::run_plan(host_ns.as_deref(), None, &plan::detach_plan(&veth))
+                .and_then(|()| ipam.release(&id).map_err(NetError::from));
+            if let Err(e) = done {
+                tracing::warn!(pod_id = %id, error = %e, "background veth removal failed; RemovePodSandbox retries it");
+            }
+        });
+        match worker {
+            Ok(handle) => {
+                let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(previous) = pending.insert(pod_id.to_owned(), handle) {
+                    let _ = previous.join();
+                }
+                Ok(())
+            }
+            Err(_) => self.detach(pod_id),
+        }
+    }
+
+    fn remove_ports(&self, pod_id: &str) -> Result<(), NetError> {
+        let mut port_pods = self.port_pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if port_pods.remove(pod_id).is_some() {
+            self.firewall.apply(&port_pods)?;
+        }
+        Ok(())
+    }
+
     /// Disconnects a pod: its hostPorts, veth and addresses. Idempotent.
     pub fn detach(&self, pod_id: &str) -> Result<(), NetError> {
+        let background = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(pod_id);
+        if let Some(handle) = background {
+            let _ = handle.join();
+        }
         let mut port_pods = self.port_pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if port_pods.remove(pod_id).is_some() {
             self.firewall.apply(&port_pods)?;

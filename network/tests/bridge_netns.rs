@@ -110,9 +110,16 @@ fn pods_reach_each_other_and_the_node_reaches_them_then_nothing_is_left() {
     // Attaching the same pod again (a retried RunPodSandbox) gives the same address.
     assert_eq!(net.attach("aaaa1111", pod1.path(), &[]).expect("re-attach"), ip1);
 
+    // StopPodSandbox: pod1's veth goes in the background; its address stays
+    // taken until the veth is gone, so pod3 cannot get it meanwhile.
+    net.detach_soon("aaaa1111").expect("detach pod1 soon");
+    let pod3 = lab.pod("pod3");
+    let ip3 = net.attach("cccc3333", pod3.path(), &[]).expect("attach pod3");
+    assert_ne!(ip3, ip1);
     for _ in 0..2 {
         net.detach("aaaa1111").expect("detach pod1");
         net.detach("bbbb2222").expect("detach pod2");
+        net.detach("cccc3333").expect("detach pod3");
     }
     assert!(lab.veths().is_empty(), "{:?}", lab.veths());
     assert!(fetch(lab.host.path(), target).is_err(), "pod1 is still reachable");
@@ -173,4 +180,35 @@ fn restore_removes_what_a_crash_left_for_pods_that_are_gone() {
     // The released address goes to the next pod; the kept one is never handed out.
     let next = net.attach("next7777", lab.pod("next").path(), &[]).expect("attach next");
     assert_ne!(next, kept_ips);
+}
+
+#[test]
+fn dual_stack_pods_get_one_address_per_family_and_answer_on_both() {
+    if !require_root("dual_stack_pods_get_one_address_per_family_and_answer_on_both") {
+        return;
+    }
+    let lab = Lab::new();
+    let net = BridgeNetwork::new(BridgeConfig {
+        bridge: "crtest6".into(),
+        subnets: vec!["10.124.0.0/24".parse().expect("cidr"), "fd12:3456::/64".parse().expect("cidr")],
+        mtu: 1400,
+        masquerade: false,
+        ipam_dir: lab.dir.path().join("ipam6"),
+        host_ns: Some(lab.host.path().to_owned()),
+    })
+    .expect("network");
+    let pod = lab.pod("pod6");
+    let ips = net.attach("eeee6666", pod.path(), &[]).expect("attach");
+    assert_eq!(ips, [IpAddr::from([10, 124, 0, 2]), "fd12:3456::2".parse::<IpAddr>().expect("ip")]);
+    let listener = run_in(Some(pod.path()), || TcpListener::bind("[::]:80")).expect("enter").expect("bind");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.write_all(b"both families");
+        }
+    });
+    for ip in &ips {
+        assert_eq!(fetch(lab.host.path(), SocketAddr::new(*ip, 80)).expect("node to pod"), "both families", "{ip}");
+    }
+    net.detach("eeee6666").expect("detach");
+    assert!(rtnl::bridge_ports(Some(lab.host.path()), "crtest6", "cr").expect("ports").is_empty());
 }

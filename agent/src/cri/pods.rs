@@ -263,7 +263,7 @@ pub fn stop_pod_sandbox(
         super::containers::stop(state, container, std::time::Duration::ZERO)?;
     }
     if let Some(mut pod_details) = details(&record).filter(|d| d.network.as_ref().is_some_and(|n| n.attached)) {
-        state.network.detach(&record.id)?;
+        state.network.detach_soon(&record.id)?;
         if let Some(network) = pod_details.network.as_mut() {
             network.attached = false;
         }
