@@ -34,6 +34,24 @@ pub struct Config {
     pub images: ImagesConfig,
     /// The pod network.
     pub network: NetworkConfig,
+    /// The streaming server (exec, attach, port-forward).
+    pub streaming: StreamingConfig,
+}
+
+/// `[streaming]`: the server that Exec, Attach and PortForward URLs point at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub address: String,
+    /// Seconds a streaming URL stays valid (it is single-use).
+    pub token_ttl_secs: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self { address: "127.0.0.1:0".into(), token_ttl_secs: 60 }
+    }
 }
 
 /// `[log]`: logging settings.
@@ -179,6 +197,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             images: ImagesConfig::default(),
             network: NetworkConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -354,6 +373,20 @@ impl Config {
                 key: "registry.config_path",
                 value: format!("{:?}", self.registry.config_path.display().to_string()),
                 allowed: "an absolute path".into(),
+            });
+        }
+        if self.streaming.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "streaming.address",
+                value: format!("{:?}", self.streaming.address),
+                allowed: "an IP address and port, such as \"127.0.0.1:0\" (0: any free port)".into(),
+            });
+        }
+        if self.streaming.token_ttl_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "streaming.token_ttl_secs",
+                value: "0".into(),
+                allowed: "a number of seconds greater than 0".into(),
             });
         }
         if matches!(self.network.mode, NetworkMode::Bridge | NetworkMode::Auto) {

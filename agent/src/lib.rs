@@ -13,3 +13,4 @@ pub mod logging;
 pub mod network;
 pub mod server;
 pub mod store;
+pub mod streaming;

@@ -143,7 +143,13 @@ pub(crate) fn reset_signal_dispositions() {
 /// and the child exits instead of running the command. The pipe is closed in
 /// the parent when this returns. Call it from a single-threaded process (a
 /// child forked meanwhile by another thread would hold the write end too).
-pub(crate) fn spawn_dying_with_parent(mut cmd: std::process::Command) -> io::Result<std::process::Child> {
+///
+/// With `controlling_tty`, the child also starts a new session and makes its
+/// stdin (a terminal) the session's controlling terminal.
+pub(crate) fn spawn_dying_with_parent(
+    mut cmd: std::process::Command,
+    controlling_tty: bool,
+) -> io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
 
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -184,15 +190,34 @@ pub(crate) fn spawn_dying_with_parent(mut cmd: std::process::Command) -> io::Res
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
+        if controlling_tty {
+            // SAFETY: `setsid` and `ioctl(TIOCSCTTY)` on fd 0 only change the
+            // calling process's session and terminal; both are
+            // async-signal-safe and pass no pointers.
+            let rc = unsafe { if libc::setsid() < 0 { -1 } else { libc::ioctl(0, libc::TIOCSCTTY, 0) } };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         Ok(())
     };
     // SAFETY: `pre_exec` requires the closure to be sound in the forked
     // child of a possibly multi-threaded process: it only makes the
     // async-signal-safe calls above, allocates nothing, takes no lock and
-    // shares no memory with other threads (it captures two integers by value).
+    // shares no memory with other threads (it captures integers and a bool by value).
     unsafe { cmd.pre_exec(check) };
     let child = cmd.spawn();
     drop(read_end);
     drop(write_end);
     child
+}
+
+/// Sets a terminal's window size (`TIOCSWINSZ`).
+pub(crate) fn set_window_size(terminal: BorrowedFd<'_>, width: u16, height: u16) -> io::Result<()> {
+    let size = libc::winsize { ws_row: height, ws_col: width, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: `TIOCSWINSZ` reads one `winsize` from the pointer, which points
+    // to a valid, initialised struct on this stack frame; the descriptor is
+    // borrowed, so it is open for the call.
+    let rc = unsafe { libc::ioctl(terminal.as_raw_fd(), libc::TIOCSWINSZ, &raw const size) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }

@@ -424,8 +424,10 @@ fn exec_failures_are_reported() {
         let out = run_exec(&fx, &["sh", "-c", "kill -TERM $$"], &[]);
         assert_eq!(out.code, Some(128 + libc::SIGTERM), "killed by a signal");
 
-        let mut tty = spawn_exec(&fx, &ExecRequest { args: vec!["sh".into()], env_extra: vec![], tty: true });
-        assert_eq!(tty.wait().expect("wait").code(), Some(exec::EXIT_SETUP_FAILED), "tty");
+        let tty = spawn_exec(&fx, &ExecRequest { args: vec!["sh".into()], env_extra: vec![], tty: true });
+        let tty_out = tty.wait_with_output().expect("wait");
+        assert_eq!(tty_out.status.code(), Some(exec::EXIT_SETUP_FAILED), "tty without a terminal");
+        assert!(String::from_utf8_lossy(&tty_out.stderr).contains("stdin is not one"), "{tty_out:?}");
 
         assert!(container.stop(), "the container's process is left");
         let out = run_exec(&fx, &["true"], &[]);

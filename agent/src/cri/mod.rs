@@ -16,6 +16,7 @@ pub mod resources;
 mod runtime_config;
 pub mod stats;
 mod status;
+pub mod streaming;
 mod version;
 
 use std::sync::Arc;
@@ -23,17 +24,18 @@ use std::sync::Arc;
 use cri_api::v1::image_service_server::ImageService;
 use cri_api::v1::runtime_service_server::RuntimeService;
 use cri_api::v1::{
-    ContainerStatsRequest, ContainerStatsResponse, ContainerStatusRequest, ContainerStatusResponse,
-    CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, ImageFsInfoRequest,
-    ImageFsInfoResponse, ImageStatusRequest, ImageStatusResponse, ListContainerStatsRequest,
-    ListContainerStatsResponse, ListContainersRequest, ListContainersResponse, ListImagesRequest, ListImagesResponse,
-    ListPodSandboxRequest, ListPodSandboxResponse, ListPodSandboxStatsRequest, ListPodSandboxStatsResponse,
-    PodSandboxStatsRequest, PodSandboxStatsResponse, PodSandboxStatusRequest, PodSandboxStatusResponse,
-    PullImageRequest, PullImageResponse, RemoveContainerRequest, RemoveContainerResponse, RemoveImageRequest,
-    RemoveImageResponse, RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest,
-    RunPodSandboxResponse, RuntimeConfigRequest, RuntimeConfigResponse, StartContainerRequest, StartContainerResponse,
-    StatusRequest, StatusResponse, StopContainerRequest, StopContainerResponse, StopPodSandboxRequest,
-    StopPodSandboxResponse, UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
+    AttachRequest, AttachResponse, ContainerStatsRequest, ContainerStatsResponse, ContainerStatusRequest,
+    ContainerStatusResponse, CreateContainerRequest, CreateContainerResponse, ExecRequest, ExecResponse,
+    ExecSyncRequest, ExecSyncResponse, ImageFsInfoRequest, ImageFsInfoResponse, ImageStatusRequest,
+    ImageStatusResponse, ListContainerStatsRequest, ListContainerStatsResponse, ListContainersRequest,
+    ListContainersResponse, ListImagesRequest, ListImagesResponse, ListPodSandboxRequest, ListPodSandboxResponse,
+    ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, PodSandboxStatsRequest, PodSandboxStatsResponse,
+    PodSandboxStatusRequest, PodSandboxStatusResponse, PortForwardRequest, PortForwardResponse, PullImageRequest,
+    PullImageResponse, RemoveContainerRequest, RemoveContainerResponse, RemoveImageRequest, RemoveImageResponse,
+    RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse,
+    RuntimeConfigRequest, RuntimeConfigResponse, StartContainerRequest, StartContainerResponse, StatusRequest,
+    StatusResponse, StopContainerRequest, StopContainerResponse, StopPodSandboxRequest, StopPodSandboxResponse,
+    UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -67,6 +69,8 @@ pub struct AgentState {
     pub cpu_samples: stats::CpuSamples,
     /// The pod network.
     pub network: crate::network::PodNetwork,
+    /// The streaming server, once started.
+    pub streaming: std::sync::OnceLock<Arc<crate::streaming::StreamServer>>,
 }
 
 impl AgentState {
@@ -82,6 +86,7 @@ impl AgentState {
         let network = crate::network::PodNetwork::open(&config);
         Self {
             network,
+            streaming: std::sync::OnceLock::new(),
             config,
             store,
             images,
@@ -238,6 +243,21 @@ impl RuntimeService for CriService {
         request: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
         self.blocking(request, containers::list_containers).await
+    }
+
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        self.blocking(request, streaming::exec).await
+    }
+
+    async fn attach(&self, request: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        self.blocking(request, streaming::attach).await
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<PortForwardRequest>,
+    ) -> Result<Response<PortForwardResponse>, Status> {
+        self.blocking(request, streaming::port_forward).await
     }
 
     async fn exec_sync(&self, request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {

@@ -424,7 +424,7 @@ fn cri_state(state: PodState) -> PodSandboxState {
     }
 }
 
-fn details(record: &PodRecord) -> Option<PodDetails> {
+pub fn details(record: &PodRecord) -> Option<PodDetails> {
     serde_json::from_value(record.config.clone()).ok()
 }
 

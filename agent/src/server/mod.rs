@@ -46,6 +46,9 @@ pub enum ServeError {
     /// Signal handlers could not be installed.
     #[error("install signal handlers")]
     Signals(#[source] std::io::Error),
+    /// The streaming server could not listen.
+    #[error("start the streaming server")]
+    Streaming(#[source] std::io::Error),
     /// The gRPC server failed.
     #[error("serve CRI")]
     Transport(#[from] tonic::transport::Error),
@@ -80,6 +83,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         Ok(Err(e)) => tracing::warn!(error = %crate::error::chain(&e), "pod recovery at start failed"),
         Err(e) => tracing::warn!(error = %e, "pod recovery at start failed"),
     }
+    let streaming_address =
+        state.config.streaming.address.parse().map_err(|e| {
+            ServeError::Streaming(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))
+        })?;
+    let ttl = Duration::from_secs(state.config.streaming.token_ttl_secs);
+    let streaming =
+        crate::streaming::StreamServer::start(streaming_address, ttl).await.map_err(ServeError::Streaming)?;
+    let _ = state.streaming.set(streaming);
     let service = CriService::new(state);
 
     let (stop_tx, mut stop_rx) = watch::channel(false);

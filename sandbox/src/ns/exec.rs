@@ -77,7 +77,8 @@ pub struct ExecRequest {
     /// entries with the same key).
     #[serde(default)]
     pub env_extra: Vec<String>,
-    /// Allocate a terminal. Not supported yet.
+    /// The helper's stdin is a terminal: the command gets it as its
+    /// controlling terminal, in a session of its own.
     #[serde(default)]
     pub tty: bool,
 }
@@ -119,9 +120,6 @@ pub enum ExecError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The request asks for something not implemented yet (`tty`).
-    #[error("exec: {0} is not supported")]
-    Unsupported(&'static str),
     /// The container's pid file could not be read.
     #[error("read container pid file {}", path.display())]
     ReadPid {
@@ -263,6 +261,12 @@ fn exec(bundle: &Path, request: &ExecRequest) -> Result<Infallible, ExecError> {
         tracing::debug!(error = %e, "could not mark inherited descriptors close-on-exec");
     }
     check_request(request)?;
+    if request.tty && !nix::unistd::isatty(io::stdin()).unwrap_or(false) {
+        return Err(ExecError::InvalidRequest {
+            field: "tty".into(),
+            reason: "a terminal was requested but stdin is not one".into(),
+        });
+    }
     let mut spec = steps::load_spec(bundle).map_err(setup)?;
     exec_spec(&mut spec, request);
     let prepared = prepare(&spec).map_err(setup)?;
@@ -310,7 +314,7 @@ fn exec(bundle: &Path, request: &ExecRequest) -> Result<Infallible, ExecError> {
     // mask) so that none is lost.
     let watched = watched_signals();
     let _ = watched.thread_block();
-    let mut child = crate::sys::spawn_dying_with_parent(cmd)
+    let mut child = crate::sys::spawn_dying_with_parent(cmd, request.tty)
         .map_err(|source| ExecError::Spawn { program: program.clone(), source })?;
     let status = loop {
         if let Some(status) = child.try_wait().map_err(|source| ExecError::Wait { program: program.clone(), source })? {
@@ -339,9 +343,6 @@ fn watched_signals() -> SigSet {
 
 fn check_request(request: &ExecRequest) -> Result<(), ExecError> {
     let invalid = |field: String, reason: &str| ExecError::InvalidRequest { field, reason: reason.to_owned() };
-    if request.tty {
-        return Err(ExecError::Unsupported("tty"));
-    }
     if request.args.is_empty() || request.args[0].is_empty() {
         return Err(invalid("args".to_owned(), "no command"));
     }
@@ -479,8 +480,7 @@ mod tests {
     fn requests_are_checked() {
         let ok = ExecRequest { args: vec!["ls".into()], env_extra: vec!["A=".into()], tty: false };
         assert!(check_request(&ok).is_ok());
-        let tty = ExecRequest { tty: true, ..ok.clone() };
-        assert!(matches!(check_request(&tty), Err(ExecError::Unsupported("tty"))));
+        assert!(check_request(&ExecRequest { tty: true, ..ok.clone() }).is_ok());
         let cases = [
             (ExecRequest { args: vec![], ..ok.clone() }, "args"),
             (ExecRequest { args: vec![String::new()], ..ok.clone() }, "args"),

@@ -3,6 +3,7 @@
 //! [`spec`] is the contract between the agent (which writes a bundle's
 //! `config.json`) and the processes that run a container.
 
+pub mod attach;
 pub mod container;
 pub mod exec;
 pub mod init;

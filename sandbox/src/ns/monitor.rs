@@ -43,6 +43,7 @@ use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{close, getpid, setsid};
 
+use super::attach::{self, Attachments};
 use super::container::{read_started, write_atomic, write_pid_file};
 use super::spec::{ContainerSpec, EXIT_FILE, ExitStatus, INIT_PID_FILE, MONITOR_PID_FILE, PidNamespace, SPEC_FILE};
 use crate::cgroups::{Cgroup, CgroupError, detect_host};
@@ -177,7 +178,8 @@ fn monitor(bundle: &Path, init_exe: &Path) -> Result<Infallible, MonitorError> {
     let spec = read_spec(bundle)?;
     let log = Arc::new(Mutex::new(spec.log_path.as_deref().map(LogWriter::open).transpose()?));
 
-    let child_io = ChildIo::new(spec.process.terminal)?;
+    let child_io = ChildIo::new(spec.process.terminal, spec.process.stdin)?;
+    let attachments = Attachments::new(child_io.stdin_writer, child_io.terminal, spec.process.stdin_once);
     let (ready_r, ready_w) = io::pipe().map_err(|source| MonitorError::Os { op: "pipe", source })?;
     // Inherited at its own number: the one descriptor beyond 0-2 init gets.
     // Nothing else is spawned while it is open.
@@ -219,7 +221,7 @@ fn monitor(bundle: &Path, init_exe: &Path) -> Result<Infallible, MonitorError> {
     }
 
     let streams: Vec<Stream> = child_io.outputs.iter().map(|(s, _)| *s).collect();
-    let done = match forward(bundle, child_io.outputs, &log, reopen_signal) {
+    let done = match forward(bundle, child_io.outputs, &log, &attachments, reopen_signal) {
         Ok(done) => done,
         Err(e) => {
             kill_child(&mut child);
@@ -234,6 +236,7 @@ fn monitor(bundle: &Path, init_exe: &Path) -> Result<Infallible, MonitorError> {
             break;
         }
     }
+    attachments.close_all();
     // Held until exit: no record is written after exit.json.
     let mut log = lock(&log);
     if let Some(w) = log.as_mut() {
@@ -259,17 +262,21 @@ fn close_inherited_fds() {
     }
 }
 
-/// What init gets as stdin/stdout/stderr, and the monitor's reading ends.
+/// What init gets as stdin/stdout/stderr, and the monitor's ends.
 struct ChildIo {
     stdin: Stdio,
     stdout: Stdio,
     stderr: Stdio,
     /// Reading ends; the last one carries init's error messages.
     outputs: Vec<(Stream, File)>,
+    /// Where attach clients' input goes (with CRI `stdin`).
+    stdin_writer: Option<File>,
+    /// The terminal master, for window sizes.
+    terminal: Option<OwnedFd>,
 }
 
 impl ChildIo {
-    fn new(terminal: bool) -> Result<Self, MonitorError> {
+    fn new(terminal: bool, stdin: bool) -> Result<Self, MonitorError> {
         let os = |op| move |source| MonitorError::Os { op, source };
         if terminal {
             let pty = openpty(None, None).map_err(|source| MonitorError::Sys { op: "openpty", source })?;
@@ -279,23 +286,36 @@ impl ChildIo {
             }
             let stdout = pty.slave.try_clone().map_err(os("dup terminal"))?;
             let stderr = pty.slave.try_clone().map_err(os("dup terminal"))?;
+            let stdin_writer =
+                if stdin { Some(File::from(pty.master.try_clone().map_err(os("dup terminal"))?)) } else { None };
+            let resize = pty.master.try_clone().map_err(os("dup terminal"))?;
             return Ok(ChildIo {
                 stdin: pty.slave.into(),
                 stdout: stdout.into(),
                 stderr: stderr.into(),
                 outputs: vec![(Stream::Stdout, File::from(pty.master))],
+                stdin_writer,
+                terminal: Some(resize),
             });
         }
         let (out_r, out_w) = io::pipe().map_err(os("pipe"))?;
         let (err_r, err_w) = io::pipe().map_err(os("pipe"))?;
+        let (stdin, stdin_writer) = if stdin {
+            let (in_r, in_w) = io::pipe().map_err(os("pipe"))?;
+            (Stdio::from(in_r), Some(File::from(OwnedFd::from(in_w))))
+        } else {
+            (Stdio::null(), None)
+        };
         Ok(ChildIo {
-            stdin: Stdio::null(),
+            stdin,
             stdout: out_w.into(),
             stderr: err_w.into(),
             outputs: vec![
                 (Stream::Stdout, File::from(OwnedFd::from(out_r))),
                 (Stream::Stderr, File::from(OwnedFd::from(err_r))),
             ],
+            stdin_writer,
+            terminal: None,
         })
     }
 }
@@ -391,14 +411,17 @@ fn forward(
     bundle: &Path,
     outputs: Vec<(Stream, File)>,
     log: &Arc<Mutex<Option<LogWriter>>>,
+    attachments: &Arc<Attachments>,
     reopen_signal: SigSet,
 ) -> Result<mpsc::Receiver<()>, MonitorError> {
     let spawn_err = |source| MonitorError::Os { op: "spawn a monitor thread", source };
+    attach::listen(bundle, attachments)
+        .map_err(|source| MonitorError::Os { op: "listen for attach clients", source })?;
     let (tx, rx) = mpsc::channel();
     for (stream, file) in outputs {
-        let (log, tx) = (Arc::clone(log), tx.clone());
+        let (log, tx, attachments) = (Arc::clone(log), tx.clone(), Arc::clone(attachments));
         helper_thread(stream.as_str(), move || {
-            pump(file, stream, &log);
+            pump(file, stream, &log, &attachments);
             let _ = tx.send(());
         })
         .map_err(spawn_err)?;
@@ -426,7 +449,7 @@ fn helper_thread(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()
 /// Copies one output stream into the log until its end (EIO on a terminal),
 /// then writes its unfinished line. Write errors drop output; reading goes on
 /// so that the container never blocks on a full pipe.
-fn pump(mut file: File, stream: Stream, log: &Mutex<Option<LogWriter>>) {
+fn pump(mut file: File, stream: Stream, log: &Mutex<Option<LogWriter>>, attachments: &Attachments) {
     let mut buf = vec![0u8; READ_CHUNK];
     while let Ok(n) = read_retrying(&mut file, &mut buf) {
         if n == 0 {
@@ -435,6 +458,7 @@ fn pump(mut file: File, stream: Stream, log: &Mutex<Option<LogWriter>>) {
         if let Some(w) = lock(log).as_mut() {
             let _ = w.write_chunk(stream, &buf[..n]);
         }
+        attachments.broadcast(stream, &buf[..n]);
     }
     if let Some(w) = lock(log).as_mut() {
         let _ = w.flush_partial(stream);

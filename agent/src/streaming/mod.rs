@@ -1,0 +1,205 @@
+//! The streaming server: kubelet hands the URLs that Exec, Attach and
+//! PortForward return to the API server, whose clients connect here and
+//! upgrade to SPDY/3.1 (or WebSocket). URLs carry single-use tokens that
+//! expire; an unknown, used or expired token gets 404.
+
+pub mod attach;
+pub mod portforward;
+pub mod process;
+pub mod remotecommand;
+pub mod spdy;
+mod spdy_serve;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::error::AgentError;
+use remotecommand::{Outcome, ProcessIo, StreamOptions};
+
+/// The future that resolves when a session's process ends.
+pub type WaitFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// What a token was issued for.
+#[derive(Debug, Clone)]
+pub enum Pending {
+    /// Run a command in a container.
+    Exec {
+        /// The container's bundle.
+        bundle: PathBuf,
+        /// argv.
+        cmd: Vec<String>,
+        /// Streams.
+        options: StreamOptions,
+    },
+    /// Connect to a container's stdio.
+    Attach {
+        /// The container's bundle.
+        bundle: PathBuf,
+        /// Streams.
+        options: StreamOptions,
+    },
+    /// Forward ports of a pod.
+    PortForward {
+        /// The pod's network namespace (`None`: the node's).
+        netns: Option<PathBuf>,
+    },
+}
+
+impl Pending {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Exec { .. } => "exec",
+            Self::Attach { .. } => "attach",
+            Self::PortForward { .. } => "portforward",
+        }
+    }
+
+    fn options(&self) -> StreamOptions {
+        match self {
+            Self::Exec { options, .. } | Self::Attach { options, .. } => *options,
+            Self::PortForward { .. } => StreamOptions { stdin: false, stdout: false, stderr: false, tty: false },
+        }
+    }
+
+    /// Starts the process the session talks to.
+    async fn start(&self, options: StreamOptions) -> Result<ProcessIo<WaitFuture>, AgentError> {
+        match self {
+            Self::Attach { bundle, .. } => attach::connect(bundle, options).await,
+            Self::Exec { bundle, cmd, .. } => Ok(process::spawn(bundle, cmd, options.tty, options.stdin)?.into_io()),
+            Self::PortForward { .. } => Err(AgentError::InvalidArgument {
+                field: "url",
+                reason: "a port-forward URL cannot run a command".into(),
+            }),
+        }
+    }
+}
+
+/// The server and its tokens.
+#[derive(Debug)]
+pub struct StreamServer {
+    base_url: String,
+    ttl: Duration,
+    tokens: Mutex<HashMap<String, (Pending, Instant)>>,
+}
+
+impl StreamServer {
+    /// Binds `address` and serves in the background.
+    pub async fn start(address: SocketAddr, ttl: Duration) -> std::io::Result<Arc<Self>> {
+        let listener = tokio::net::TcpListener::bind(address).await?;
+        let local = listener.local_addr()?;
+        let server = Arc::new(Self { base_url: format!("http://{local}"), ttl, tokens: Mutex::default() });
+        tracing::info!(address = %local, "streaming server listening");
+        let accepting = Arc::clone(&server);
+        tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else { continue };
+                let server = Arc::clone(&accepting);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| handle(Arc::clone(&server), req));
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(socket), service)
+                        .with_upgrades();
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "streaming connection ended with an error");
+                    }
+                });
+            }
+        });
+        Ok(server)
+    }
+
+    /// A single-use URL for `pending`.
+    pub fn issue(&self, pending: Pending) -> Result<String, AgentError> {
+        let token = crate::cri::pods::new_id()?;
+        let kind = pending.kind();
+        let now = Instant::now();
+        let mut tokens = self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tokens.retain(|_, (_, issued)| now.duration_since(*issued) < self.ttl);
+        tokens.insert(token.clone(), (pending, now));
+        Ok(format!("{}/{kind}/{token}", self.base_url))
+    }
+
+    fn take(&self, kind: &str, token: &str) -> Option<Pending> {
+        let mut tokens = self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (pending, issued) = tokens.remove(token)?;
+        (pending.kind() == kind && issued.elapsed() < self.ttl).then_some(pending)
+    }
+}
+
+fn reply(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
+    *response.status_mut() = status;
+    response
+}
+
+/// The protocols the client offers, in its order of preference.
+fn offered(req: &Request<Incoming>, header: &str) -> Vec<String> {
+    req.headers()
+        .get_all(header)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+async fn handle(server: Arc<StreamServer>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().trim_start_matches('/').to_owned();
+    let Some((kind, token)) = path.split_once('/') else {
+        return Ok(reply(StatusCode::NOT_FOUND, "not found"));
+    };
+    let Some(pending) = server.take(kind, token) else {
+        return Ok(reply(StatusCode::NOT_FOUND, "unknown, used or expired streaming token"));
+    };
+    let upgrade = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !upgrade.eq_ignore_ascii_case("SPDY/3.1") {
+        return Ok(reply(StatusCode::BAD_REQUEST, "expected Upgrade: SPDY/3.1"));
+    }
+    let supported: &[&str] = match &pending {
+        Pending::PortForward { .. } => &["portforward.k8s.io"],
+        Pending::Exec { .. } | Pending::Attach { .. } => &remotecommand::PROTOCOLS,
+    };
+    let Some(protocol) =
+        offered(&req, "x-stream-protocol-version").into_iter().find(|p| supported.contains(&p.as_str()))
+    else {
+        let text = format!("unable to negotiate a protocol: crius speaks {}", supported.join(", "));
+        return Ok(reply(StatusCode::FORBIDDEN, &text));
+    };
+    let version = remotecommand::version_of(&protocol);
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "streaming upgrade failed");
+                return;
+            }
+        };
+        let session = spdy::session::Session::start(TokioIo::new(upgraded));
+        match pending {
+            Pending::PortForward { netns } => spdy_serve::serve_port_forward(session, netns).await,
+            command => spdy_serve::serve_remote_command(session, version, command).await,
+        }
+    });
+    let mut response = reply(StatusCode::SWITCHING_PROTOCOLS, "");
+    *response.body_mut() = Full::new(Bytes::new());
+    let headers = response.headers_mut();
+    headers.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
+    headers.insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("SPDY/3.1"));
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&protocol) {
+        headers.insert("X-Stream-Protocol-Version", value);
+    }
+    Ok(response)
+}
