@@ -191,3 +191,32 @@ pub fn raw_tar(entries: &[RawEntry<'_>]) -> Vec<u8> {
     }
     builder.into_inner().expect("finish raw tar")
 }
+
+/// Debian's static busybox, which the test image carries as `/bin/sh`.
+const BUSYBOX: &str = "/bin/busybox";
+
+/// A registry with a one-layer busybox image (`/bin/sh` is busybox, so its
+/// applets run inside the shell) and a crius that pulled it; `None` (after
+/// `SKIP`) without root, or without busybox outside CI.
+pub async fn busybox_env(test: &str) -> Result<Option<(ImageEnv, String)>> {
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIP {test}: needs root");
+        return Ok(None);
+    }
+    let Ok(busybox) = std::fs::read(BUSYBOX) else {
+        assert!(std::env::var_os("CI").is_none(), "{test}: {BUSYBOX} is missing (apt-get install busybox-static)");
+        println!("SKIP {test}: {BUSYBOX} is missing");
+        return Ok(None);
+    };
+    let Some(env) = ImageEnv::start(test).await? else { return Ok(None) };
+    let tar = crate::registry::layer_tar(&[
+        ("bin/sh", &busybox, 0o755),
+        ("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n", 0o644),
+        ("etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644),
+        ("tmp/.keep", b"", 0o644),
+    ]);
+    env.registry.push_image_with("e2e/busybox", "1", &[crate::registry::gzip_layer(&tar)], None, false).await;
+    let image = env.reference("e2e/busybox:1");
+    env.pull(&image).await?;
+    Ok(Some((env, image)))
+}

@@ -15,39 +15,12 @@ use cri_api::v1::{
     StopPodSandboxRequest,
 };
 use crius_e2e::images::ImageEnv;
-use crius_e2e::registry::{gzip_layer, layer_tar};
 use crius_e2e::{Crius, count_processes, mounts_under};
 use tonic::transport::Channel;
 
-const BUSYBOX: &str = "/bin/busybox";
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// A registry with the busybox image and a crius that pulled it; `None`
-/// (after `SKIP`) without root or busybox outside CI.
+/// A registry with the busybox image and a crius that pulled it.
 async fn env(test: &str) -> anyhow::Result<Option<(ImageEnv, String)>> {
-    if !is_root() {
-        println!("SKIP {test}: needs root");
-        return Ok(None);
-    }
-    let Ok(busybox) = std::fs::read(BUSYBOX) else {
-        assert!(std::env::var_os("CI").is_none(), "{test}: {BUSYBOX} is missing (apt-get install busybox-static)");
-        println!("SKIP {test}: {BUSYBOX} is missing");
-        return Ok(None);
-    };
-    let Some(env) = ImageEnv::start(test).await? else { return Ok(None) };
-    let tar = layer_tar(&[
-        ("bin/sh", &busybox, 0o755),
-        ("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n", 0o644),
-        ("etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644),
-        ("tmp/.keep", b"", 0o644),
-    ]);
-    env.registry.push_image_with("e2e/busybox", "1", &[gzip_layer(&tar)], None, false).await;
-    let image = env.reference("e2e/busybox:1");
-    env.pull(&image).await?;
-    Ok(Some((env, image)))
+    crius_e2e::images::busybox_env(test).await
 }
 
 fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {

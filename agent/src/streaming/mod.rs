@@ -9,6 +9,7 @@ pub mod process;
 pub mod remotecommand;
 pub mod spdy;
 mod spdy_serve;
+pub mod websocket;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -165,8 +166,11 @@ async fn handle(server: Arc<StreamServer>, req: Request<Incoming>) -> Result<Res
         return Ok(reply(StatusCode::NOT_FOUND, "unknown, used or expired streaming token"));
     };
     let upgrade = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if upgrade.eq_ignore_ascii_case("websocket") {
+        return Ok(upgrade_websocket(req, pending));
+    }
     if !upgrade.eq_ignore_ascii_case("SPDY/3.1") {
-        return Ok(reply(StatusCode::BAD_REQUEST, "expected Upgrade: SPDY/3.1"));
+        return Ok(reply(StatusCode::BAD_REQUEST, "expected Upgrade: SPDY/3.1 or websocket"));
     }
     let supported: &[&str] = match &pending {
         Pending::PortForward { .. } => &["portforward.k8s.io"],
@@ -202,4 +206,65 @@ async fn handle(server: Arc<StreamServer>, req: Request<Incoming>) -> Result<Res
         headers.insert("X-Stream-Protocol-Version", value);
     }
     Ok(response)
+}
+
+/// Answers a WebSocket upgrade (RFC 6455) and serves the session.
+fn upgrade_websocket(req: Request<Incoming>, pending: Pending) -> Response<Full<Bytes>> {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+    let Some(key) = req.headers().get("sec-websocket-key").map(|k| derive_accept_key(k.as_bytes())) else {
+        return reply(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let supported: &[&str] = match &pending {
+        Pending::PortForward { .. } => &[websocket::PORT_FORWARD_PROTOCOL],
+        Pending::Exec { .. } | Pending::Attach { .. } => &websocket::REMOTE_COMMAND_PROTOCOLS,
+    };
+    let Some(protocol) = offered(&req, "sec-websocket-protocol").into_iter().find(|p| supported.contains(&p.as_str()))
+    else {
+        return reply(
+            StatusCode::FORBIDDEN,
+            &format!("unable to negotiate a WebSocket subprotocol: crius speaks {}", supported.join(", ")),
+        );
+    };
+    let ports: Vec<u16> = req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("port="))
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let version = remotecommand::version_of(&protocol);
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(websocket::MAX_MESSAGE))
+            .max_frame_size(Some(websocket::MAX_MESSAGE));
+        let ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        match pending {
+            Pending::PortForward { netns } => websocket::serve_port_forward(ws, netns, ports).await,
+            command => websocket::serve_remote_command(ws, version, command).await,
+        }
+    });
+    let mut response = reply(StatusCode::SWITCHING_PROTOCOLS, "");
+    *response.body_mut() = Full::new(Bytes::new());
+    let headers = response.headers_mut();
+    headers.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
+    headers.insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("websocket"));
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&key) {
+        headers.insert("Sec-WebSocket-Accept", value);
+    }
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&protocol) {
+        headers.insert("Sec-WebSocket-Protocol", value);
+    }
+    response
 }

@@ -1,0 +1,227 @@
+//! The streaming server through CRI, with a WebSocket client: exec with
+//! stdin and the exit code, attach, port forwarding (a large transfer and
+//! parallel connections), single-use URLs, and no process left behind when
+//! a client disconnects.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use cri_api::v1::runtime_service_client::RuntimeServiceClient;
+use cri_api::v1::{
+    AttachRequest, ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecRequest, ImageSpec,
+    PodSandboxConfig, PodSandboxMetadata, PortForwardRequest, RunPodSandboxRequest, StartContainerRequest,
+};
+use crius_e2e::count_processes;
+use crius_e2e::images::{ImageEnv, busybox_env};
+use futures_util::{SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tonic::transport::Channel;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn pod_config(name: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        ..PodSandboxConfig::default()
+    }
+}
+
+/// A pod with one running container: `sh -c script`, with stdin when asked.
+async fn running(
+    env: &ImageEnv,
+    image: &str,
+    script: &str,
+    stdin: bool,
+) -> anyhow::Result<(RuntimeServiceClient<Channel>, String, String)> {
+    let mut rt = env.crius.runtime().await?;
+    let config = pod_config("stream");
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let container = ContainerConfig {
+        metadata: Some(ContainerMetadata { name: "sh".into(), attempt: 0 }),
+        image: Some(ImageSpec { image: image.into(), ..ImageSpec::default() }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        stdin,
+        stdin_once: stdin,
+        ..ContainerConfig::default()
+    };
+    let request =
+        CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(container), sandbox_config: Some(config) };
+    let id = rt.create_container(request).await?.into_inner().container_id;
+    rt.start_container(StartContainerRequest { container_id: id.clone() }).await?;
+    Ok((rt, pod, id))
+}
+
+async fn connect(url: &str, protocol: &str) -> anyhow::Result<Ws> {
+    let mut request = url.replace("http://", "ws://").into_client_request()?;
+    request.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse()?);
+    let (ws, response) = tokio_tungstenite::connect_async(request).await?;
+    assert_eq!(
+        response.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap_or_default()),
+        Some(protocol)
+    );
+    Ok(ws)
+}
+
+/// Reads messages until the server closes: bytes per channel.
+async fn collect(ws: &mut Ws) -> std::collections::BTreeMap<u8, Vec<u8>> {
+    let mut channels = std::collections::BTreeMap::new();
+    let deadline = tokio::time::sleep(Duration::from_secs(30));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            message = ws.next() => match message {
+                Some(Ok(Message::Binary(data))) if !data.is_empty() => {
+                    channels.entry(data[0]).or_insert_with(Vec::new).extend_from_slice(&data[1..]);
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return channels,
+                _ => {}
+            },
+            () = &mut deadline => panic!("the session did not end"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_exec_with_stdin_reports_the_exit_code_and_urls_are_single_use() -> anyhow::Result<()> {
+    let Some((env, image)) =
+        busybox_env("websocket_exec_with_stdin_reports_the_exit_code_and_urls_are_single_use").await?
+    else {
+        return Ok(());
+    };
+    let (mut rt, _pod, id) = running(&env, &image, "sleep 3600", false).await?;
+    let exec = ExecRequest {
+        container_id: id.clone(),
+        cmd: vec!["/bin/sh".into(), "-c".into(), "read line; echo got:$line; echo oops >&2; exit 7".into()],
+        stdin: true,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    };
+    let url = rt.exec(exec.clone()).await?.into_inner().url;
+    let mut ws = connect(&url, "v5.channel.k8s.io").await?;
+    ws.send(Message::binary(b"\0hello\n".to_vec())).await?;
+    ws.send(Message::binary(vec![255, 0])).await?; // v5: stdin closed
+    let channels = collect(&mut ws).await;
+    assert_eq!(String::from_utf8_lossy(&channels[&1]), "got:hello\n");
+    assert_eq!(String::from_utf8_lossy(&channels[&2]), "oops\n");
+    let status: serde_json::Value = serde_json::from_slice(&channels[&3])?;
+    assert_eq!(status["status"], "Failure", "{status}");
+    assert_eq!(status["details"]["causes"][0]["message"], "7", "{status}");
+
+    // Used once: 404 now, as for a token that never existed.
+    let used = reqwest::get(&url).await?;
+    assert_eq!(used.status(), reqwest::StatusCode::NOT_FOUND);
+    let unknown =
+        reqwest::get(url.rsplit_once('/').map(|(base, _)| format!("{base}/nope")).unwrap_or_default()).await?;
+    assert_eq!(unknown.status(), reqwest::StatusCode::NOT_FOUND);
+
+    // A client that goes away takes its command with it.
+    let exec = ExecRequest {
+        cmd: vec!["/bin/sh".into(), "-c".into(), "sleep 4242".into()],
+        stdin: false,
+        stderr: false,
+        ..exec
+    };
+    let url = rt.exec(exec).await?.into_inner().url;
+    let ws = connect(&url, "v4.channel.k8s.io").await?;
+    let started = Instant::now();
+    while count_processes(|cmd| cmd.contains("sleep") && cmd.contains("4242")) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the exec never started:\n{}", env.crius.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(ws);
+    while count_processes(|cmd| cmd.contains("sleep") && cmd.contains("4242")) > 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the exec outlived its client");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn websocket_attach_reaches_the_container_stdin_and_output() -> anyhow::Result<()> {
+    let Some((env, image)) = busybox_env("websocket_attach_reaches_the_container_stdin_and_output").await? else {
+        return Ok(());
+    };
+    let (mut rt, _pod, id) = running(&env, &image, "while read line; do echo echo:$line; done", true).await?;
+    let request = AttachRequest { container_id: id, stdin: true, stdout: true, stderr: true, tty: false };
+    let url = rt.attach(request).await?.into_inner().url;
+    let mut ws = connect(&url, "v5.channel.k8s.io").await?;
+    ws.send(Message::binary(b"\0one\n".to_vec())).await?;
+    ws.send(Message::binary(b"\0two\n".to_vec())).await?;
+    ws.send(Message::binary(vec![255, 0])).await?; // stdin_once: the container ends
+    let channels = collect(&mut ws).await;
+    assert_eq!(String::from_utf8_lossy(&channels[&1]), "echo:one\necho:two\n");
+    Ok(())
+}
+
+#[tokio::test]
+async fn websocket_port_forward_carries_data_intact_in_parallel() -> anyhow::Result<()> {
+    let Some((env, _image)) = busybox_env("websocket_port_forward_carries_data_intact_in_parallel").await? else {
+        return Ok(());
+    };
+    let mut rt = env.crius.runtime().await?;
+    let request = RunPodSandboxRequest { config: Some(pod_config("pf")), runtime_handler: String::new() };
+    let pod = rt.run_pod_sandbox(request).await?.into_inner().pod_sandbox_id;
+    // A server inside the pod's network namespace: sends 8 MiB, then the sha256 of what it received.
+    let netns = env.dirs.run_root.join("pods").join(&pod).join("ns/net");
+    let listener = crius_network::netns::run_in(Some(&netns), || TcpListener::bind("127.0.0.1:7777"))??;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let block: Vec<u8> = (0..8 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+                let _ = stream.write_all(&block);
+                let mut received = Vec::new();
+                let _ = stream.read_to_end(&mut received);
+            });
+        }
+    });
+    let expected = {
+        let block: Vec<u8> = (0..8 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        Sha256::digest(&block).to_vec()
+    };
+    let mut sessions = Vec::new();
+    for _ in 0..10 {
+        let url = rt
+            .port_forward(PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![7777] })
+            .await?
+            .into_inner()
+            .url;
+        sessions.push(tokio::spawn(async move {
+            let mut ws = connect(&format!("{url}?port=7777"), "portforward.k8s.io").await?;
+            let mut hasher = Sha256::new();
+            let (mut total, mut openings) = (0usize, 0);
+            while total < 8 << 20 {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(data))) if data.len() == 3 && openings < 2 => openings += 1,
+                    Some(Ok(Message::Binary(data))) if data.first() == Some(&0) => {
+                        total += data.len() - 1;
+                        hasher.update(&data[1..]);
+                    }
+                    Some(Ok(Message::Binary(data))) => {
+                        anyhow::bail!("error channel: {}", String::from_utf8_lossy(&data[1..]))
+                    }
+                    other => anyhow::bail!("session ended early after {total} bytes: {other:?}"),
+                }
+            }
+            let _ = ws.close(None).await;
+            Ok::<_, anyhow::Error>(hasher.finalize().to_vec())
+        }));
+    }
+    for session in sessions {
+        assert_eq!(session.await??, expected, "corrupted transfer");
+    }
+    Ok(())
+}
