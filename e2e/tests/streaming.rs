@@ -225,3 +225,33 @@ async fn websocket_port_forward_carries_data_intact_in_parallel() -> anyhow::Res
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn websocket_exec_with_a_terminal_gets_a_container_tty_and_its_size() -> anyhow::Result<()> {
+    let Some((env, image)) = busybox_env("websocket_exec_with_a_terminal_gets_a_container_tty_and_its_size").await?
+    else {
+        return Ok(());
+    };
+    let (mut rt, _pod, id) = running(&env, &image, "sleep 3600", false).await?;
+    let exec = ExecRequest {
+        container_id: id,
+        cmd: vec!["/bin/sh".into(), "-c".into(), "read go; tty; stty size; echo TERM=$TERM".into()],
+        stdin: true,
+        stdout: true,
+        stderr: false,
+        tty: true,
+    };
+    let url = rt.exec(exec).await?.into_inner().url;
+    let mut ws = connect(&url, "v5.channel.k8s.io").await?;
+    let mut resize = vec![4u8];
+    resize.extend_from_slice(br#"{"Width":100,"Height":30}"#);
+    ws.send(Message::binary(resize)).await?;
+    ws.send(Message::binary(b"\0go\n".to_vec())).await?;
+    let channels = collect(&mut ws).await;
+    let out = String::from_utf8_lossy(&channels[&1]).replace('\r', "");
+    // The terminal is the container's own (its name resolves inside), sized as asked.
+    assert!(out.contains("/dev/pts/") && out.contains("30 100") && out.contains("TERM=xterm"), "{out}");
+    let status: serde_json::Value = serde_json::from_slice(&channels[&3])?;
+    assert_eq!(status["status"], "Success", "{status}");
+    Ok(())
+}

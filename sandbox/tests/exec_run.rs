@@ -427,7 +427,7 @@ fn exec_failures_are_reported() {
         let tty = spawn_exec(&fx, &ExecRequest { args: vec!["sh".into()], env_extra: vec![], tty: true });
         let tty_out = tty.wait_with_output().expect("wait");
         assert_eq!(tty_out.status.code(), Some(exec::EXIT_SETUP_FAILED), "tty without a terminal");
-        assert!(String::from_utf8_lossy(&tty_out.stderr).contains("stdin is not one"), "{tty_out:?}");
+        assert!(String::from_utf8_lossy(&tty_out.stderr).contains("not the console socket"), "{tty_out:?}");
 
         assert!(container.stop(), "the container's process is left");
         let out = run_exec(&fx, &["true"], &[]);

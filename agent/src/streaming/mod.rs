@@ -78,7 +78,9 @@ impl Pending {
     async fn start(&self, options: StreamOptions) -> Result<ProcessIo<WaitFuture>, AgentError> {
         match self {
             Self::Attach { bundle, .. } => attach::connect(bundle, options).await,
-            Self::Exec { bundle, cmd, .. } => Ok(process::spawn(bundle, cmd, options.tty, options.stdin)?.into_io()),
+            Self::Exec { bundle, cmd, .. } => {
+                Ok(process::spawn(bundle, cmd, options.tty, options.stdin).await?.into_io())
+            }
             Self::PortForward { .. } => Err(AgentError::InvalidArgument {
                 field: "url",
                 reason: "a port-forward URL cannot run a command".into(),

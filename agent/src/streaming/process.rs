@@ -1,20 +1,27 @@
 //! The process end of an exec session: `crius internal exec` started with
-//! pipes, or with a pseudo-terminal whose master crius keeps (for output,
-//! input and window size).
+//! pipes, or with a terminal that the helper opens inside the container (on
+//! the container's own devpts, so its name resolves there, as runc's console
+//! socket does) and whose master it sends back over a socket.
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-
-use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
 
 use crius_sandbox::ns::exec::ExecRequest;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::WaitFuture;
 use super::remotecommand::{Outcome, ProcessIo, ResizeFn};
 use crate::error::AgentError;
+
+/// How long the helper may take to hand over the terminal.
+const TERMINAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// A running exec helper and its stdio.
 pub struct ExecProcess {
@@ -24,7 +31,7 @@ pub struct ExecProcess {
     pub stdin: Option<Writer>,
     /// Output (the terminal's, with a tty).
     pub stdout: Option<Reader>,
-    /// Error output (none with a tty).
+    /// Error output (with a tty: the helper's own set-up errors).
     pub stderr: Option<Reader>,
     /// The terminal master, for resizing.
     pub terminal: Option<OwnedFd>,
@@ -68,13 +75,12 @@ impl Drop for RequestFile {
     }
 }
 
-type Reader = Box<dyn AsyncRead + Send + Unpin>;
-type Writer = Box<dyn AsyncWrite + Send + Unpin>;
-
 /// Starts `cmd` in the container of `bundle`.
-pub fn spawn(bundle: &Path, cmd: &[String], tty: bool, stdin: bool) -> Result<ExecProcess, AgentError> {
+pub async fn spawn(bundle: &Path, cmd: &[String], tty: bool, stdin: bool) -> Result<ExecProcess, AgentError> {
     let path = bundle.join(format!("exec-{}.json", crate::cri::pods::new_id()?));
-    let request = ExecRequest { args: cmd.to_vec(), env_extra: Vec::new(), tty };
+    // As containerd and CRI-O do for terminals.
+    let env_extra = if tty { vec!["TERM=xterm".to_owned()] } else { Vec::new() };
+    let request = ExecRequest { args: cmd.to_vec(), env_extra, tty };
     let json = serde_json::to_vec(&request).map_err(|e| runtime("encode exec request", e))?;
     std::fs::write(&path, json).map_err(|e| runtime(&format!("write {}", path.display()), e))?;
     let request_file = RequestFile(path);
@@ -89,18 +95,36 @@ pub fn spawn(bundle: &Path, cmd: &[String], tty: bool, stdin: bool) -> Result<Ex
         let stderr = child.stderr.take().map(|s| Box::new(s) as Reader);
         return Ok(ExecProcess { child, stdin, stdout, stderr, terminal: None, _request_file: request_file });
     }
-    let pty = nix::pty::openpty(None, None).map_err(|e| runtime("open a pseudo-terminal", e))?;
+    // The helper opens the terminal inside the container and sends its
+    // master back over this socket (its stdin); its stderr carries set-up errors.
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| runtime("socketpair", e))?;
+    command.stdin(Stdio::from(OwnedFd::from(theirs))).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|e| runtime("start exec helper", e))?;
+    ours.set_read_timeout(Some(TERMINAL_TIMEOUT)).map_err(|e| runtime("socket timeout", e))?;
+    let received = tokio::task::spawn_blocking(move || crius_sandbox::ns::exec::receive_terminal(&ours))
+        .await
+        .map_err(|e| runtime("receive the terminal", e))?;
+    let master = match received {
+        Ok(Some(master)) => master,
+        failed => {
+            let mut why = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                let _ = tokio::time::timeout(TERMINAL_TIMEOUT, stderr.read_to_string(&mut why)).await;
+            }
+            let _ = child.kill().await;
+            let why = match failed {
+                Err(e) => format!("{e}; {}", why.trim()),
+                _ => why.trim().to_owned(),
+            };
+            return Err(AgentError::Runtime(format!("exec with a terminal: {why}")));
+        }
+    };
+    let stderr = child.stderr.take().map(|s| Box::new(s) as Reader);
     let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| runtime("duplicate the terminal", e));
-    command
-        .stdin(Stdio::from(dup(&pty.slave)?))
-        .stdout(Stdio::from(dup(&pty.slave)?))
-        .stderr(Stdio::from(dup(&pty.slave)?));
-    let child = command.spawn().map_err(|e| runtime("start exec helper", e))?;
-    drop(pty.slave);
-    let stdout = Some(Box::new(tokio::fs::File::from_std(File::from(dup(&pty.master)?))) as Reader);
+    let stdout = Some(Box::new(tokio::fs::File::from_std(File::from(dup(&master)?))) as Reader);
     let stdin =
-        if stdin { Some(Box::new(tokio::fs::File::from_std(File::from(dup(&pty.master)?))) as Writer) } else { None };
-    Ok(ExecProcess { child, stdin, stdout, stderr: None, terminal: Some(pty.master), _request_file: request_file })
+        if stdin { Some(Box::new(tokio::fs::File::from_std(File::from(dup(&master)?))) as Writer) } else { None };
+    Ok(ExecProcess { child, stdin, stdout, stderr, terminal: Some(master), _request_file: request_file })
 }
 
 /// Sets a terminal's window size.

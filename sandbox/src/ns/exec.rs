@@ -35,6 +35,8 @@
 use std::convert::Infallible;
 use std::fs::{self, File};
 use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -77,8 +79,10 @@ pub struct ExecRequest {
     /// entries with the same key).
     #[serde(default)]
     pub env_extra: Vec<String>,
-    /// The helper's stdin is a terminal: the command gets it as its
-    /// controlling terminal, in a session of its own.
+    /// Run the command on a terminal: the helper's stdin must be a unix
+    /// socket; the helper opens a terminal on the container's `/dev/ptmx`,
+    /// sends the master over that socket and gives the command the slave as
+    /// stdio and controlling terminal, in a session of its own.
     #[serde(default)]
     pub tty: bool,
 }
@@ -111,6 +115,15 @@ pub enum ExecError {
         /// The JSON error.
         #[source]
         source: serde_json::Error,
+    },
+    /// The terminal of a tty exec could not be set up.
+    #[error("terminal: {op}")]
+    Terminal {
+        /// What was being done.
+        op: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
     },
     /// A field of the request cannot be used.
     #[error("invalid exec request: {field}: {reason}")]
@@ -261,10 +274,10 @@ fn exec(bundle: &Path, request: &ExecRequest) -> Result<Infallible, ExecError> {
         tracing::debug!(error = %e, "could not mark inherited descriptors close-on-exec");
     }
     check_request(request)?;
-    if request.tty && !nix::unistd::isatty(io::stdin()).unwrap_or(false) {
+    if request.tty && !stdin_is_socket() {
         return Err(ExecError::InvalidRequest {
             field: "tty".into(),
-            reason: "a terminal was requested but stdin is not one".into(),
+            reason: "a terminal was requested but stdin is not the console socket".into(),
         });
     }
     let mut spec = steps::load_spec(bundle).map_err(setup)?;
@@ -294,10 +307,17 @@ fn exec(bundle: &Path, request: &ExecRequest) -> Result<Infallible, ExecError> {
     steps::set_oom_score_adj(spec.process.oom_score_adj).map_err(setup)?;
     steps::set_apparmor(spec.process.apparmor_profile.as_deref()).map_err(setup)?;
     join_namespaces(record.pid, namespaces)?;
+    // The terminal comes from the container's own devpts, so that its name
+    // resolves inside the container; its master goes to the agent.
+    let terminal = if request.tty { Some(open_terminal()?) } else { None };
 
     let program = become_user(&spec, &prepared)?;
     steps::reset_signals();
     let mut cmd = Command::new(&program);
+    if let Some(slave) = &terminal {
+        let dup = || slave.try_clone().map_err(|source| ExecError::Terminal { op: "duplicate the terminal", source });
+        cmd.stdin(dup()?).stdout(dup()?).stderr(dup()?);
+    }
     cmd.arg0(&request.args[0]).args(&request.args[1..]).env_clear();
     for entry in &spec.process.env {
         match entry.split_once('=') {
@@ -330,6 +350,38 @@ fn exec(bundle: &Path, request: &ExecRequest) -> Result<Infallible, ExecError> {
     };
     let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(EXIT_SETUP_FAILED);
     std::process::exit(code)
+}
+
+/// Whether fd 0 is a socket (the console socket of a tty exec).
+fn stdin_is_socket() -> bool {
+    nix::sys::stat::fstat(io::stdin()).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+}
+
+/// Opens a terminal pair on the container's `/dev/ptmx`, sends the master
+/// over the console socket (fd 0) and returns the slave.
+fn open_terminal() -> Result<File, ExecError> {
+    use nix::fcntl::OFlag;
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let sys = |op: &'static str| move |e: Errno| ExecError::Terminal { op, source: io::Error::from(e) };
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(sys("open /dev/ptmx"))?;
+    grantpt(&master).map_err(sys("grantpt"))?;
+    unlockpt(&master).map_err(sys("unlockpt"))?;
+    let name = ptsname_r(&master).map_err(sys("ptsname"))?;
+    let slave = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&name)
+        .map_err(|source| ExecError::Terminal { op: "open the terminal", source })?;
+    crate::sys::send_fd(io::stdin().as_fd(), master.as_fd())
+        .map_err(|source| ExecError::Terminal { op: "send the terminal to the agent", source })?;
+    Ok(slave)
+}
+
+/// The agent's side of [`open_terminal`]: the terminal master the exec
+/// helper sends on `socket` (`None` if it ended without sending one).
+pub fn receive_terminal(socket: &std::os::unix::net::UnixStream) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    crate::sys::recv_fd(socket.as_fd())
 }
 
 /// SIGCHLD (the command ended) and the signals that end an exec early.
