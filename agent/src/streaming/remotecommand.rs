@@ -167,8 +167,9 @@ async fn pump(source: Option<Box<dyn AsyncRead + Send + Unpin>>, sink: Option<mp
     }
 }
 
-/// Complete `{"Width":w,"Height":h}` objects at the front of `pending`.
-fn parse_sizes(pending: &mut Vec<u8>) -> Vec<(u16, u16)> {
+/// Complete `{"Width":w,"Height":h}` objects at the front of `pending` (which
+/// keeps an unfinished one for the next chunk).
+pub fn parse_sizes(pending: &mut Vec<u8>) -> Vec<(u16, u16)> {
     #[derive(serde::Deserialize)]
     struct Size {
         #[serde(rename = "Width")]

@@ -249,6 +249,21 @@ mod tests {
     }
 
     #[test]
+    fn random_blocks_never_panic() {
+        // The fuzz target (agent/fuzz, spdy_headers) explores this far more.
+        let mut seed = 0x9e37_79b9_u32;
+        let mut decoder = HeaderDecoder::default();
+        for _ in 0..500 {
+            let mut block = vec![0x78, 0xbb];
+            for _ in 0..(seed % 48) {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                block.push((seed >> 16) as u8);
+            }
+            let _ = decoder.decode(&block);
+        }
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         let mut dec = HeaderDecoder::default();
         assert!(dec.decode(b"not zlib at all").is_err());
