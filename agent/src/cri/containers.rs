@@ -115,8 +115,10 @@ pub fn create_container(
         config: to_json(&details)?,
     };
     state.store.put(&record)?;
-    let details =
-        ContainerDetails { cgroup: pod_cgroup(&pod).map(|pod_cgroup| format!("{pod_cgroup}/{id}")), ..details };
+    let details = ContainerDetails {
+        cgroup: pod_cgroup(&pod).map(|pod_cgroup| container_cgroup(state, &pod_cgroup, &id)),
+        ..details
+    };
     record.config = to_json(&details)?;
     match start_monitor(state, &pod, &image, &config, &details) {
         Ok(monitor_pid) => {
@@ -492,6 +494,17 @@ fn find(state: &AgentState, id: &str) -> Result<ContainerRecord, AgentError> {
         .store
         .get_by_id_or_prefix::<ContainerRecord>(id)?
         .ok_or_else(|| AgentError::NotFound { kind: "container", id: id.to_owned() })
+}
+
+/// A container's cgroup in its pod's: named by id, or as a scope unit with
+/// the systemd driver.
+fn container_cgroup(state: &AgentState, pod_cgroup: &str, id: &str) -> String {
+    match state.config.runtime.cgroup_driver {
+        crate::config::CgroupDriver::Systemd => {
+            format!("{pod_cgroup}/{}", crius_sandbox::cgroups::systemd::container_scope(id))
+        }
+        crate::config::CgroupDriver::Cgroupfs => format!("{pod_cgroup}/{id}"),
+    }
 }
 
 fn pod_cgroup(pod: &PodRecord) -> Option<String> {

@@ -18,11 +18,12 @@ use cri_api::v1::{
 use crius_network::bridge::AttachedPod;
 use crius_network::cni::{CniDns, CniPod};
 use crius_network::firewall::PortMapping;
-use crius_sandbox::cgroups::CgroupManager;
+use crius_sandbox::cgroups::{CgroupManager, systemd};
 use crius_sandbox::ns::pod::{self, DnsSpec, PodNamespaces, PodPaths, PodSpec};
 use serde::{Deserialize, Serialize};
 
 use super::AgentState;
+use crate::config::CgroupDriver;
 use crate::error::AgentError;
 use crate::store::{PodRecord, PodState};
 
@@ -192,19 +193,33 @@ fn attach_network(
 }
 
 /// The pod's cgroup: kubelet's `cgroup_parent` when given, else
-/// `crius/pod-<id>`. Returns its path relative to the hierarchy roots.
+/// `crius/pod-<id>` (`crius.slice/crius-pod<id>.slice` with the systemd
+/// driver). Returns its path relative to the hierarchy roots.
 fn create_pod_cgroup(state: &AgentState, id: &str, config: &PodSandboxConfig) -> Result<Option<String>, AgentError> {
     let Some(mode) = state.cgroup_mode.clone() else { return Ok(None) };
     let parent = config.linux.as_ref().map(|l| l.cgroup_parent.trim_matches('/').to_owned()).unwrap_or_default();
-    let (manager_parent, rel) = match parent.rsplit_once('/') {
-        _ if parent.is_empty() => (crius_sandbox::cgroups::DEFAULT_PARENT.to_owned(), CgroupManager::pod_rel(id)),
-        Some((dir, leaf)) => (dir.to_owned(), leaf.to_owned()),
-        None => (parent.clone(), CgroupManager::pod_rel(id)),
-    };
+    let (manager_parent, rel) = pod_cgroup_location(state.config.runtime.cgroup_driver, &parent, id)?;
     let manager = CgroupManager::new(mode, &manager_parent).map_err(runtime_err)?;
     let full = manager.full_path(&rel).map_err(runtime_err)?;
     manager.create(&rel).map_err(runtime_err)?;
     Ok(Some(full))
+}
+
+/// Where a pod's cgroup goes: (parent, leaf), relative to the hierarchy
+/// roots. With the systemd driver kubelet names the pod's slice, which is
+/// expanded into its directory path.
+fn pod_cgroup_location(driver: CgroupDriver, parent: &str, id: &str) -> Result<(String, String), AgentError> {
+    let path = match driver {
+        CgroupDriver::Systemd if parent.is_empty() => format!("crius.slice/crius-pod{id}.slice"),
+        CgroupDriver::Systemd => systemd::slice_path(parent)
+            .map_err(|reason| AgentError::InvalidArgument { field: "config.linux.cgroup_parent", reason })?,
+        CgroupDriver::Cgroupfs => parent.to_owned(),
+    };
+    Ok(match path.rsplit_once('/') {
+        _ if path.is_empty() => (crius_sandbox::cgroups::DEFAULT_PARENT.to_owned(), CgroupManager::pod_rel(id)),
+        Some((dir, leaf)) => (dir.to_owned(), leaf.to_owned()),
+        None => (path.clone(), CgroupManager::pod_rel(id)),
+    })
 }
 
 /// Removes whatever exists of a pod: namespaces, files, cgroup, record.
@@ -451,4 +466,23 @@ pub fn new_id() -> Result<String, AgentError> {
 pub fn now_ns() -> i64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     i64::try_from(nanos).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod cgroup_tests {
+    use super::*;
+
+    #[test]
+    fn pod_cgroups_follow_the_driver() {
+        let at = |driver, parent: &str| pod_cgroup_location(driver, parent, "abc").expect("valid");
+        assert_eq!(at(CgroupDriver::Cgroupfs, ""), ("crius".into(), "pod-abc".into()));
+        assert_eq!(at(CgroupDriver::Cgroupfs, "kubepods/burstable/pod1"), ("kubepods/burstable".into(), "pod1".into()));
+        assert_eq!(
+            at(CgroupDriver::Systemd, "kubepods-burstable-pod1.slice"),
+            ("kubepods.slice/kubepods-burstable.slice".into(), "kubepods-burstable-pod1.slice".into())
+        );
+        assert_eq!(at(CgroupDriver::Systemd, ""), ("crius.slice".into(), "crius-podabc.slice".into()));
+        let err = pod_cgroup_location(CgroupDriver::Systemd, "kubepods/burstable", "abc").expect_err("not a slice");
+        assert!(matches!(err, AgentError::InvalidArgument { field: "config.linux.cgroup_parent", .. }), "{err}");
+    }
 }

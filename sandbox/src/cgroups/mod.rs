@@ -20,6 +20,7 @@ mod handle;
 mod plan;
 mod resources;
 mod stats;
+pub mod systemd;
 
 #[cfg(test)]
 mod tests_v1;
