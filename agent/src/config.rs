@@ -46,11 +46,15 @@ pub struct StreamingConfig {
     pub address: String,
     /// Seconds a streaming URL stays valid (it is single-use).
     pub token_ttl_secs: u64,
+    /// Serve HTTPS with this PEM certificate chain (with `tls_key_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for StreamingConfig {
     fn default() -> Self {
-        Self { address: "127.0.0.1:0".into(), token_ttl_secs: 60 }
+        Self { address: "127.0.0.1:0".into(), token_ttl_secs: 60, tls_cert_file: None, tls_key_file: None }
     }
 }
 
@@ -380,6 +384,13 @@ impl Config {
                 key: "streaming.address",
                 value: format!("{:?}", self.streaming.address),
                 allowed: "an IP address and port, such as \"127.0.0.1:0\" (0: any free port)".into(),
+            });
+        }
+        if self.streaming.tls_cert_file.is_some() != self.streaming.tls_key_file.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "streaming.tls_cert_file",
+                value: format!("{:?} / {:?}", self.streaming.tls_cert_file, self.streaming.tls_key_file),
+                allowed: "both tls_cert_file and tls_key_file, or neither".into(),
             });
         }
         if self.streaming.token_ttl_secs == 0 {

@@ -60,9 +60,11 @@ async fn runtime_config_reports_the_cgroup_driver() -> anyhow::Result<()> {
 async fn unsupported_rpcs_are_unimplemented_and_named() -> anyhow::Result<()> {
     let dirs = CriusDirs::new()?;
     let crius = Crius::start(&dirs, &[]).await?;
-    let err = crius.runtime().await?.port_forward(PortForwardRequest::default()).await.expect_err("not yet");
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("PortForward"), "{}", err.message());
+    let err = crius.runtime().await?.port_forward(PortForwardRequest::default()).await.expect_err("no pod id");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let unknown = PortForwardRequest { pod_sandbox_id: "nope".into(), port: vec![80] };
+    let err = crius.runtime().await?.port_forward(unknown).await.expect_err("unknown pod");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
 
     let err =
         crius.runtime().await?.checkpoint_container(CheckpointContainerRequest::default()).await.expect_err("not yet");

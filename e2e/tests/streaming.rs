@@ -255,3 +255,50 @@ async fn websocket_exec_with_a_terminal_gets_a_container_tty_and_its_size() -> a
     assert_eq!(status["status"], "Success", "{status}");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_streaming_server_can_serve_tls() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIP the_streaming_server_can_serve_tls: needs root (pods)");
+        return Ok(());
+    }
+    let dirs = crius_e2e::CriusDirs::new()?;
+    let (cert, key) = (dirs.temp.path().join("cert.pem"), dirs.temp.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output();
+    if !made.is_ok_and(|o| o.status.success()) {
+        assert!(std::env::var_os("CI").is_none(), "openssl is missing");
+        println!("SKIP the_streaming_server_can_serve_tls: openssl is missing");
+        return Ok(());
+    }
+    let config = dirs.temp.path().join("tls.toml");
+    let text = format!(
+        "{}[streaming]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        crius_e2e::TEST_CONFIG,
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(&config, text)?;
+    let crius = crius_e2e::Crius::start(&dirs, &["--config", config.to_str().unwrap_or_default()]).await?;
+    let mut rt = crius.runtime().await?;
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("tls")), runtime_handler: String::new() })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let url = rt.port_forward(PortForwardRequest { pod_sandbox_id: pod, port: vec![80] }).await?.into_inner().url;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    // Over TLS, the server answers (a plain GET is not an upgrade: 400).
+    let client = reqwest::Client::builder().danger_accept_invalid_certs(true).build()?;
+    let response = client.get(&url).send().await?;
+    assert_eq!(response.status(), reqwest::StatusCode::BAD_REQUEST);
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = reqwest::get(url.replace("https://", "http://")).await;
+    assert!(plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()));
+    Ok(())
+}

@@ -88,8 +88,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             ServeError::Streaming(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))
         })?;
     let ttl = Duration::from_secs(state.config.streaming.token_ttl_secs);
+    let tls = match (&state.config.streaming.tls_cert_file, &state.config.streaming.tls_key_file) {
+        (Some(cert), Some(key)) => Some(
+            crate::streaming::tls_acceptor(cert, key)
+                .map_err(|e| ServeError::Streaming(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?,
+        ),
+        _ => None,
+    };
     let streaming =
-        crate::streaming::StreamServer::start(streaming_address, ttl).await.map_err(ServeError::Streaming)?;
+        crate::streaming::StreamServer::start(streaming_address, ttl, tls).await.map_err(ServeError::Streaming)?;
     let _ = state.streaming.set(streaming);
     let service = CriService::new(state);
 

@@ -98,24 +98,33 @@ pub struct StreamServer {
 }
 
 impl StreamServer {
-    /// Binds `address` and serves in the background.
-    pub async fn start(address: SocketAddr, ttl: Duration) -> std::io::Result<Arc<Self>> {
+    /// Binds `address` and serves in the background, over TLS when given.
+    pub async fn start(
+        address: SocketAddr,
+        ttl: Duration,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<Arc<Self>> {
         let listener = tokio::net::TcpListener::bind(address).await?;
         let local = listener.local_addr()?;
-        let server = Arc::new(Self { base_url: format!("http://{local}"), ttl, tokens: Mutex::default() });
-        tracing::info!(address = %local, "streaming server listening");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let server = Arc::new(Self { base_url: format!("{scheme}://{local}"), ttl, tokens: Mutex::default() });
+        tracing::info!(address = %local, tls = tls.is_some(), "streaming server listening");
         let accepting = Arc::clone(&server);
         tokio::spawn(async move {
             loop {
                 let Ok((socket, _)) = listener.accept().await else { continue };
                 let server = Arc::clone(&accepting);
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(Arc::clone(&server), req));
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(socket), service)
-                        .with_upgrades();
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "streaming connection ended with an error");
+                    match tls {
+                        None => serve_http(server, socket).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                                Ok(Ok(stream)) => serve_http(server, stream).await,
+                                Ok(Err(e)) => tracing::debug!(error = %e, "streaming TLS handshake failed"),
+                                Err(_) => tracing::debug!("streaming TLS handshake timed out"),
+                            }
+                        }
                     }
                 });
             }
@@ -139,6 +148,42 @@ impl StreamServer {
         let (pending, issued) = tokens.remove(token)?;
         (pending.kind() == kind && issued.elapsed() < self.ttl).then_some(pending)
     }
+}
+
+/// How long a client gets to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_http<S>(server: Arc<StreamServer>, socket: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| handle(Arc::clone(&server), req));
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(socket), service).with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "streaming connection ended with an error");
+    }
+}
+
+/// A TLS acceptor for a PEM certificate chain and key.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("read certificates from {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("read private key from {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 fn reply(status: StatusCode, text: &str) -> Response<Full<Bytes>> {

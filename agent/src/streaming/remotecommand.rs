@@ -132,8 +132,11 @@ where
             }
         });
     }
-    let pump_out = pump(stdout, stdout_tx);
-    let pump_err = pump(stderr, stderr_tx);
+    // Output the transport can no longer deliver (the client stopped
+    // reading and was dropped) ends the session like a disconnect.
+    let undeliverable = tokio::sync::Notify::new();
+    let pump_out = pump(stdout, stdout_tx, &undeliverable);
+    let pump_err = pump(stderr, stderr_tx, &undeliverable);
     let run = async {
         let (outcome, (), ()) = tokio::join!(wait, pump_out, pump_err);
         outcome
@@ -147,11 +150,19 @@ where
         () = gone => {
             tracing::debug!("streaming client disconnected; stopping the session");
         }
+        () = undeliverable.notified() => {
+            tracing::debug!("streaming client stopped taking output; stopping the session");
+        }
     }
 }
 
-/// Copies a process output to a channel until either ends.
-async fn pump(source: Option<Box<dyn AsyncRead + Send + Unpin>>, sink: Option<mpsc::Sender<Bytes>>) {
+/// Copies a process output to a channel until either ends; a channel that
+/// closes first is reported on `undeliverable`.
+async fn pump(
+    source: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    sink: Option<mpsc::Sender<Bytes>>,
+    undeliverable: &tokio::sync::Notify,
+) {
     let (Some(mut source), Some(sink)) = (source, sink) else { return };
     let mut buf = vec![0u8; 32 << 10];
     loop {
@@ -160,6 +171,7 @@ async fn pump(source: Option<Box<dyn AsyncRead + Send + Unpin>>, sink: Option<mp
             Ok(0) | Err(_) => return,
             Ok(n) => {
                 if sink.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                    undeliverable.notify_one();
                     return;
                 }
             }

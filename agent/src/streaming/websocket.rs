@@ -66,11 +66,11 @@ where
             let mut message = Vec::with_capacity(data.len() + 1);
             message.push(channel);
             message.extend_from_slice(&data);
-            if sink.send(Message::binary(message)).await.is_err() {
+            if !send_in_time(&mut sink, Message::binary(message)).await {
                 return;
             }
         }
-        let _ = sink.send(Message::Close(None)).await;
+        let _ = send_in_time(&mut sink, Message::Close(None)).await;
         let _ = sink.close().await;
     });
     let channel = |id: u8| {
@@ -145,7 +145,7 @@ where
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(32);
     let writer = tokio::spawn(async move {
         while let Some(message) = out_rx.recv().await {
-            if sink.send(Message::binary(message)).await.is_err() {
+            if !send_in_time(&mut sink, Message::binary(message)).await {
                 return;
             }
         }
@@ -206,6 +206,15 @@ where
     }
     drop(to_pod);
     writer.abort();
+}
+
+/// Sends one message unless the client takes longer than the write timeout
+/// (then the session is dropped, as for SPDY).
+async fn send_in_time<S>(sink: &mut S, message: Message) -> bool
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    matches!(tokio::time::timeout(super::spdy::session::WRITE_TIMEOUT, sink.send(message)).await, Ok(Ok(())))
 }
 
 /// Data and error channel numbers of the port at `index`.
