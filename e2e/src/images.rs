@@ -21,14 +21,15 @@ use crate::{Crius, CriusDirs};
 /// A registry and a crius whose root is a fresh temp directory.
 #[derive(Debug)]
 pub struct ImageEnv {
+    /// An ImageService client on its socket.
+    pub client: ImageServiceClient<Channel>,
+    /// The running crius (dropped first: it removes the test's pods while
+    /// its directories still exist).
+    pub crius: Crius,
     /// The registry (plain HTTP on loopback).
     pub registry: TestRegistry,
     /// crius's directories.
     pub dirs: CriusDirs,
-    /// The running crius.
-    pub crius: Crius,
-    /// An ImageService client on its socket.
-    pub client: ImageServiceClient<Channel>,
 }
 
 impl ImageEnv {

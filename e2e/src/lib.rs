@@ -186,12 +186,42 @@ impl Crius {
 }
 
 impl Drop for Crius {
+    /// Removes every pod the test left (containers keep running after crius
+    /// dies, by design, so a test must not leave any), then kills crius. A
+    /// crius that already exited (a test that killed it) is left as it is.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if matches!(child.try_wait(), Ok(None)) {
+                remove_all_pods(&self.socket);
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+/// Stops and removes every pod on the crius at `socket`, on a thread of its
+/// own (a `Drop` may run inside the test's runtime).
+fn remove_all_pods(socket: &Path) {
+    let socket = socket.to_owned();
+    let cleanup = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        runtime.block_on(async move {
+            let work = async {
+                let mut rt = RuntimeServiceClient::new(connect(&socket).await.ok()?);
+                let pods = rt.list_pod_sandbox(cri_api::v1::ListPodSandboxRequest::default()).await.ok()?;
+                for pod in pods.into_inner().items {
+                    let id = pod.id;
+                    let _ =
+                        rt.stop_pod_sandbox(cri_api::v1::StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await;
+                    let _ = rt.remove_pod_sandbox(cri_api::v1::RemovePodSandboxRequest { pod_sandbox_id: id }).await;
+                }
+                Some(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(30), work).await;
+        });
+    });
+    let _ = cleanup.join();
 }
 
 /// A gRPC channel over the unix socket at `path`.

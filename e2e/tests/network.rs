@@ -89,6 +89,7 @@ async fn pods_get_addresses_and_host_ports_through_a_crius_restart_and_leave_not
 
     // crius dies; the pod keeps its network, and a new crius keeps its rules.
     drop(rt);
+    crius.signal(Signal::SIGKILL)?;
     drop(crius);
     assert_eq!(fetch(local)?, "web says hi");
     let crius = Crius::start(&dirs, &net.args()).await?;

@@ -11,6 +11,7 @@ use std::process::Command;
 use cri_api::v1::{RemovePodSandboxRequest, StatusRequest};
 use crius_e2e::pod_net::{fetch, pod, pod_ip, serve_in_pod, skip, walk_files};
 use crius_e2e::{Crius, CriusDirs};
+use nix::sys::signal::Signal;
 
 const PLUGINS: &str = "/usr/lib/cni";
 
@@ -102,6 +103,7 @@ async fn cni_plugins_connect_pods_and_del_works_after_a_restart() -> anyhow::Res
 
     // A new crius (after SIGKILL) removes the pod with the cached result.
     drop(rt);
+    crius.signal(Signal::SIGKILL)?;
     drop(crius);
     let crius = Crius::start(&dirs, &args).await?;
     let mut rt = crius.runtime().await?;
