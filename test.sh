@@ -22,4 +22,13 @@ cargo test --locked --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }
      END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+# The tests must leave nothing on the host: no process or mount of a test crius.
+leaks=$( { pgrep -af 'crius-e2e-' || true; grep -o ' /tmp/crius-e2e-[^ ]*' /proc/self/mountinfo || true; } | head -20)
+if [[ -n $leaks ]]; then
+    echo "leak check: the tests left these behind:"
+    echo "$leaks"
+    status=1
+else
+    echo "leak check: nothing left by the tests"
+fi
 exit "$status"
