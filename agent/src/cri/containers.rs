@@ -227,9 +227,9 @@ pub fn start_container(
         });
     }
     let details = details(&record);
-    runtime::start(&details.bundle).map_err(runtime_err)?;
+    let started_at = runtime::start(&details.bundle).map_err(runtime_err)?;
     record.state = ContainerState::Running;
-    record.started_at_ns = now_ns();
+    record.started_at_ns = started_at;
     state.store.put(&record)?;
     tracing::info!(container_id = %record.id, "container started");
     Ok(StartContainerResponse {})

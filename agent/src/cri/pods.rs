@@ -201,7 +201,23 @@ fn create_pod_cgroup(state: &AgentState, id: &str, config: &PodSandboxConfig) ->
     let (manager_parent, rel) = pod_cgroup_location(state.config.runtime.cgroup_driver, &parent, id)?;
     let manager = CgroupManager::new(mode, &manager_parent).map_err(runtime_err)?;
     let full = manager.full_path(&rel).map_err(runtime_err)?;
-    manager.create(&rel).map_err(runtime_err)?;
+    let linux = config.linux.as_ref();
+    let limits = super::resources::pod_resources(
+        linux.and_then(|l| l.resources.as_ref()),
+        linux.and_then(|l| l.overhead.as_ref()),
+    );
+    match limits {
+        // The same limits kubelet gives the pod cgroup it made, or crius's own.
+        Some(limits) => super::resources::create_cgroup(state, &full, Some(&limits)).map_err(|e| match e {
+            AgentError::InvalidArgument { reason, .. } => {
+                AgentError::InvalidArgument { field: "config.linux.resources", reason }
+            }
+            other => other,
+        })?,
+        None => {
+            manager.create(&rel).map_err(runtime_err)?;
+        }
+    }
     Ok(Some(full))
 }
 

@@ -25,6 +25,30 @@ pub fn cgroup_resources(cri: &LinuxContainerResources) -> Resources {
     }
 }
 
+/// A pod's limits: the sum of its containers' (`resources`, as kubelet
+/// sends it) plus the pod overhead. A limit the containers leave unset (0)
+/// stays unset; overhead alone limits nothing. `None` without `resources`.
+pub fn pod_resources(
+    resources: Option<&LinuxContainerResources>,
+    overhead: Option<&LinuxContainerResources>,
+) -> Option<LinuxContainerResources> {
+    let base = resources?;
+    let Some(extra) = overhead else { return Some(base.clone()) };
+    let plus = |limit: i64, more: i64| if limit > 0 { limit.saturating_add(more.max(0)) } else { limit };
+    // Overhead quota in the pod's period.
+    let extra_quota = if extra.cpu_quota > 0 && extra.cpu_period > 0 && base.cpu_period > 0 {
+        extra.cpu_quota.saturating_mul(base.cpu_period) / extra.cpu_period
+    } else {
+        extra.cpu_quota
+    };
+    Some(LinuxContainerResources {
+        cpu_quota: plus(base.cpu_quota, extra_quota),
+        cpu_shares: base.cpu_shares.saturating_add(extra.cpu_shares.max(0)),
+        memory_limit_in_bytes: plus(base.memory_limit_in_bytes, extra.memory_limit_in_bytes),
+        ..base.clone()
+    })
+}
+
 /// Creates the container's cgroup with its limits (before its init joins it).
 pub fn create_cgroup(state: &AgentState, path: &str, cri: Option<&LinuxContainerResources>) -> Result<(), AgentError> {
     let Some(mode) = state.cgroup_mode.as_ref() else { return Ok(()) };
@@ -73,6 +97,37 @@ pub fn update_container_resources(
 pub fn oom_killed(state: &AgentState, cgroup_path: Option<&str>) -> bool {
     let (Some(mode), Some(path)) = (state.cgroup_mode.as_ref(), cgroup_path) else { return false };
     Cgroup::open(mode, path).and_then(|c| c.oom_killed()).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod pod_tests {
+    use super::*;
+
+    #[test]
+    fn pod_limits_are_the_containers_plus_overhead() {
+        let containers = LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 200_000,
+            cpu_shares: 2048,
+            memory_limit_in_bytes: 512 << 20,
+            ..LinuxContainerResources::default()
+        };
+        let overhead = LinuxContainerResources {
+            cpu_period: 50_000,
+            cpu_quota: 5_000,
+            cpu_shares: 10,
+            memory_limit_in_bytes: 64 << 20,
+            ..LinuxContainerResources::default()
+        };
+        let pod = pod_resources(Some(&containers), Some(&overhead)).expect("limits");
+        assert_eq!((pod.cpu_period, pod.cpu_quota, pod.cpu_shares), (100_000, 210_000, 2058));
+        assert_eq!(pod.memory_limit_in_bytes, 576 << 20);
+        let unlimited = LinuxContainerResources { memory_limit_in_bytes: 0, cpu_quota: -1, ..containers.clone() };
+        let pod = pod_resources(Some(&unlimited), Some(&overhead)).expect("limits");
+        assert_eq!((pod.memory_limit_in_bytes, pod.cpu_quota), (0, -1), "overhead alone limits nothing");
+        assert_eq!(pod_resources(None, Some(&overhead)), None);
+        assert_eq!(pod_resources(Some(&containers), None), Some(containers));
+    }
 }
 
 #[cfg(test)]

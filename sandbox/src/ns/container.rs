@@ -255,7 +255,10 @@ fn wait_monitor_exit(monitor_pid: i32) {
 /// Starts a created container: writes `<bundle>/started` (the start time,
 /// which the monitor copies into `exit.json`) and one byte to the start
 /// FIFO, which releases init into `execve`.
-pub fn start(bundle: &Path) -> Result<(), ContainerError> {
+///
+/// Returns the start time recorded (nanoseconds since the epoch), taken
+/// before init is released, so that it is never later than the exit time.
+pub fn start(bundle: &Path) -> Result<i64, ContainerError> {
     let bad = |state| Err(ContainerError::BadState { bundle: bundle.to_owned(), state });
     if !bundle.is_dir() {
         return Err(ContainerError::NotFound(bundle.to_owned()));
@@ -271,13 +274,14 @@ pub fn start(bundle: &Path) -> Result<(), ContainerError> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return bad("already started"),
         other => other.map_err(io_err("create", &started))?,
     };
-    let result = marker.write_all(format!("{}\n", now_ns()).as_bytes()).map_err(io_err("write", &started));
+    let started_at = now_ns();
+    let result = marker.write_all(format!("{started_at}\n").as_bytes()).map_err(io_err("write", &started));
     drop(marker);
     let result = result.and_then(|()| release_init(bundle));
     if result.is_err() {
         let _ = fs::remove_file(&started);
     }
-    result
+    result.map(|()| started_at)
 }
 
 fn release_init(bundle: &Path) -> Result<(), ContainerError> {
