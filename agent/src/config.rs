@@ -126,6 +126,9 @@ pub struct NetworkConfig {
     pub mtu: u32,
     /// Masquerade pod traffic that leaves the pod subnets.
     pub masquerade: bool,
+    /// The built-in network takes kubelet's pod CIDR (UpdateRuntimeConfig)
+    /// in place of `subnets` once kubelet sends one.
+    pub use_kubelet_pod_cidr: bool,
     /// CNI mode: directory of network configs.
     pub cni_conf_dir: PathBuf,
     /// CNI mode: directories searched for plugin binaries.
@@ -216,6 +219,7 @@ impl Default for NetworkConfig {
             subnets: vec!["10.89.0.0/16".into()],
             mtu: 1500,
             masquerade: true,
+            use_kubelet_pod_cidr: true,
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             // Debian's containernetworking-plugins install to /usr/lib/cni.
             cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use cri_api::v1::{PortMapping as CriPortMapping, Protocol as CriProtocol};
 use std::collections::HashSet;
@@ -29,7 +29,7 @@ enum Backend {
 /// The pod network of this crius.
 #[derive(Debug)]
 pub struct PodNetwork {
-    backend: Backend,
+    backend: RwLock<Backend>,
     /// Why pods cannot get a network now; `None` when they can.
     not_ready: Mutex<Option<String>>,
 }
@@ -38,8 +38,12 @@ impl PodNetwork {
     /// Opens the configured network (`auto`: CNI when the conf dir holds a
     /// valid config, else the built-in bridge); it is not ready until
     /// [`PodNetwork::restore`] ran.
-    pub fn open(config: &Config) -> Self {
+    pub fn open(config: &Config, kubelet_pod_cidrs: Option<&str>) -> Self {
         let net = &config.network;
+        let subnets = match kubelet_pod_cidrs.filter(|_| net.use_kubelet_pod_cidr) {
+            Some(cidrs) => cidrs.split(',').map(str::to_owned).collect(),
+            None => net.subnets.clone(),
+        };
         let cni_config = CniConfig {
             conf_dir: net.cni_conf_dir.clone(),
             bin_dirs: net.cni_bin_dirs.clone(),
@@ -53,36 +57,73 @@ impl PodNetwork {
         let backend = match mode {
             NetworkMode::None => {
                 let why = "network.mode is \"none\": pods get only a loopback interface".to_owned();
-                return Self { backend: Backend::None, not_ready: Mutex::new(Some(why)) };
+                return Self { backend: RwLock::new(Backend::None), not_ready: Mutex::new(Some(why)) };
             }
             NetworkMode::Cni => CniNetwork::new(cni_config).map(Backend::Cni),
             NetworkMode::Bridge | NetworkMode::Auto => {
-                net.parsed_subnets().map_err(crius_network::NetError::Config).and_then(|subnets| {
-                    BridgeNetwork::new(BridgeConfig {
-                        bridge: net.bridge.clone(),
-                        subnets,
-                        mtu: net.mtu,
-                        masquerade: net.masquerade,
-                        ipam_dir: config.root.join("network").join(&net.bridge),
-                        host_ns: None,
-                    })
-                    .map(|b| Backend::Bridge(Box::new(b)))
-                })
+                bridge_network(config, &subnets).map(|b| Backend::Bridge(Box::new(b)))
             }
         };
         match backend {
             Ok(backend) => {
                 tracing::info!(mode = ?mode, "pod network");
-                Self { backend, not_ready: Mutex::new(Some("not set up yet".into())) }
+                Self { backend: RwLock::new(backend), not_ready: Mutex::new(Some("not set up yet".into())) }
             }
-            Err(e) => Self { backend: Backend::None, not_ready: Mutex::new(Some(crate::error::chain(&e))) },
+            Err(e) => {
+                Self { backend: RwLock::new(Backend::None), not_ready: Mutex::new(Some(crate::error::chain(&e))) }
+            }
         }
+    }
+
+    /// kubelet's pod CIDR(s) (UpdateRuntimeConfig) become the built-in
+    /// network's subnets when `network.use_kubelet_pod_cidr` is on: at once
+    /// when no pod holds an address, else at the next start.
+    pub fn use_pod_cidrs(&self, config: &Config, cidrs: &[String]) {
+        if !config.network.use_kubelet_pod_cidr {
+            return;
+        }
+        let mut backend = self.backend.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Backend::Bridge(current) = &*backend else { return };
+        let new = match bridge_network(config, cidrs) {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "pod CIDR from kubelet not usable by the built-in network");
+                return;
+            }
+        };
+        if new.config().subnets == current.config().subnets {
+            return;
+        }
+        match current.has_attached_pods() {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::warn!(pod_cidr = %cidrs.join(","), "pods hold addresses of the current subnets: the pod CIDR from kubelet takes effect at the next start");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "cannot tell whether pods hold addresses; keeping the subnets");
+                return;
+            }
+        }
+        let old = current.config().subnets.clone();
+        let result = new.restore(&[]).and_then(|()| new.retire_subnets(&old));
+        if let Err(e) = &result {
+            tracing::warn!(error = %crate::error::chain(e), "switching the pod network to kubelet's pod CIDR failed");
+        } else {
+            tracing::info!(pod_cidr = %cidrs.join(","), "the built-in network now allocates from kubelet's pod CIDR");
+        }
+        self.set_ready(result.as_ref().err());
+        *backend = Backend::Bridge(Box::new(new));
+    }
+
+    fn backend(&self) -> RwLockReadGuard<'_, Backend> {
+        self.backend.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Sets up the network for the pods that are attached and removes what
     /// belonged to pods that are not (after a crash).
     pub fn restore(&self, pods: &[AttachedPod]) {
-        let result = match &self.backend {
+        let result = match &*self.backend() {
             Backend::None => return,
             Backend::Bridge(bridge) => bridge.restore(pods),
             Backend::Cni(cni) => cni.restore(&pods.iter().map(|p| p.id.clone()).collect::<HashSet<_>>()),
@@ -96,7 +137,7 @@ impl PodNetwork {
     /// `None` when pods get a network; else why not. In CNI mode this
     /// follows the conf dir: a config that appears or breaks counts at once.
     pub fn not_ready_reason(&self) -> Option<String> {
-        if let Backend::Cni(cni) = &self.backend {
+        if let Backend::Cni(cni) = &*self.backend() {
             return cni.check_ready().err().map(|e| crate::error::chain(&e));
         }
         self.not_ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
@@ -111,7 +152,7 @@ impl PodNetwork {
         ports: &[PortMapping],
         dns: &CniDns,
     ) -> Result<Vec<IpAddr>, AgentError> {
-        let result = match &self.backend {
+        let result = match &*self.backend() {
             Backend::None => return Ok(Vec::new()),
             Backend::Bridge(bridge) => bridge.attach(pod.id, netns, ports),
             Backend::Cni(cni) => cni.attach(pod, netns, ports, dns),
@@ -127,15 +168,15 @@ impl PodNetwork {
     /// Disconnects a pod at StopPodSandbox: like [`PodNetwork::detach`],
     /// but the built-in network finishes removing the veth in the background.
     pub fn detach_soon(&self, pod_id: &str) -> Result<(), AgentError> {
-        match &self.backend {
-            Backend::Bridge(bridge) => Ok(bridge.detach_soon(pod_id)?),
-            _ => self.detach(pod_id),
+        if let Backend::Bridge(bridge) = &*self.backend() {
+            return Ok(bridge.detach_soon(pod_id)?);
         }
+        self.detach(pod_id)
     }
 
     /// Disconnects a pod; idempotent.
     pub fn detach(&self, pod_id: &str) -> Result<(), AgentError> {
-        match &self.backend {
+        match &*self.backend() {
             Backend::None => Ok(()),
             Backend::Bridge(bridge) => Ok(bridge.detach(pod_id)?),
             Backend::Cni(cni) => Ok(cni.detach(pod_id)?),
@@ -146,6 +187,23 @@ impl PodNetwork {
         *self.not_ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             error.map(|e| crate::error::chain(e));
     }
+}
+
+/// The built-in network on `subnets`.
+fn bridge_network(config: &Config, subnets: &[String]) -> Result<BridgeNetwork, crius_network::NetError> {
+    let net = &config.network;
+    let subnets = subnets
+        .iter()
+        .map(|s| s.trim().parse().map_err(|e| crius_network::NetError::Config(format!("subnet {s:?}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    BridgeNetwork::new(BridgeConfig {
+        bridge: net.bridge.clone(),
+        subnets,
+        mtu: net.mtu,
+        masquerade: net.masquerade,
+        ipam_dir: config.root.join("network").join(&net.bridge),
+        host_ns: None,
+    })
 }
 
 /// CRI port mappings with a host port, as the network takes them. Mappings

@@ -110,3 +110,31 @@ async fn pods_get_addresses_and_host_ports_through_a_crius_restart_and_leave_not
     crius.signal(Signal::SIGTERM)?;
     Ok(())
 }
+
+#[tokio::test]
+async fn kubelet_pod_cidr_replaces_the_configured_subnet() -> anyhow::Result<()> {
+    if skip("kubelet_pod_cidr_replaces_the_configured_subnet") {
+        return Ok(());
+    }
+    let dirs = CriusDirs::new()?;
+    let net = TestNetwork::new(&dirs, 1)?;
+    let crius = Crius::start(&dirs, &net.args()).await?;
+    let mut rt = crius.runtime().await?;
+    let pid = std::process::id();
+    let kubelet_prefix = format!("10.{}.{}", 100 + (pid % 50), pid / 50 % 250);
+    let request = cri_api::v1::UpdateRuntimeConfigRequest {
+        runtime_config: Some(cri_api::v1::RuntimeConfig {
+            network_config: Some(cri_api::v1::NetworkConfig { pod_cidr: format!("{kubelet_prefix}.0/24") }),
+        }),
+    };
+    rt.update_runtime_config(request).await?;
+    let id = rt.run_pod_sandbox(pod("cidr", net.host_port)).await?.into_inner().pod_sandbox_id;
+    let ip = pod_ip(&mut rt, &id).await?;
+    assert!(ip.to_string().starts_with(&format!("{kubelet_prefix}.")), "{ip} not in kubelet's pod CIDR");
+    let bridge = Command::new("ip").args(["-o", "addr", "show", "dev", &net.bridge]).output()?;
+    let addresses = String::from_utf8_lossy(&bridge.stdout).into_owned();
+    assert!(addresses.contains(&format!("{kubelet_prefix}.1/24")), "{addresses}");
+    assert!(!addresses.contains(&format!("{}.1/24", net.subnet_prefix)), "old gateway left: {addresses}");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await?;
+    Ok(())
+}

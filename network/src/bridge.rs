@@ -225,6 +225,18 @@ impl BridgeNetwork {
         Ok(())
     }
 
+    /// Whether any pod holds an address of this network.
+    pub fn has_attached_pods(&self) -> Result<bool, NetError> {
+        Ok(!self.ipam.allocations()?.is_empty())
+    }
+
+    /// Takes the gateway addresses of `subnets` (no longer this network's)
+    /// off the bridge.
+    pub fn retire_subnets(&self, subnets: &[Cidr]) -> Result<(), NetError> {
+        let retired: Vec<Cidr> = subnets.iter().filter(|s| !self.config.subnets.contains(s)).copied().collect();
+        rtnl::run_plan(self.config.host_ns.as_deref(), None, &plan::retire_plan(&self.config.bridge, &retired))
+    }
+
     /// Removes crius's nftables table (the bridge is left, as CNI does).
     pub fn remove_rules(&self) -> Result<(), NetError> {
         self.firewall.remove()

@@ -145,6 +145,11 @@ impl Netlink for FakeNetlink {
             Op::EnsureAddress { side, link, addr, prefix } => {
                 self.link_mut(op, *side, link)?.addresses.insert((*addr, *prefix));
             }
+            Op::RemoveAddress { side, link, addr, prefix } => {
+                if let Some(l) = self.ns_mut(*side).links.get_mut(link) {
+                    l.addresses.remove(&(*addr, *prefix));
+                }
+            }
             Op::SetUp { side, link } => self.link_mut(op, *side, link)?.up = true,
             Op::CreateVeth { host, pod, mtu } => {
                 if self.host.links.contains_key(host) || self.pod.links.contains_key(pod) {

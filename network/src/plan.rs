@@ -49,6 +49,17 @@ pub enum Op {
         /// Its prefix length.
         prefix: u8,
     },
+    /// Removes an address from a link; an absent address or link is fine.
+    RemoveAddress {
+        /// Where the link is.
+        side: Side,
+        /// The link.
+        link: String,
+        /// The address.
+        addr: IpAddr,
+        /// Its prefix length.
+        prefix: u8,
+    },
     /// Sets a link administratively up.
     SetUp {
         /// Where the link is.
@@ -98,6 +109,9 @@ impl fmt::Display for Op {
             Self::EnsureAddress { side, link, addr, prefix } => {
                 write!(f, "ensure address {addr}/{prefix} on {link} ({side:?})")
             }
+            Self::RemoveAddress { side, link, addr, prefix } => {
+                write!(f, "remove address {addr}/{prefix} from {link} ({side:?})")
+            }
             Self::SetUp { side, link } => write!(f, "set {link} up ({side:?})"),
             Self::CreateVeth { host, pod, mtu } => write!(f, "create veth {host} <-> pod {pod} mtu {mtu}"),
             Self::SetMaster { link, master } => write!(f, "attach {link} to {master}"),
@@ -136,6 +150,14 @@ pub fn bridge_plan(bridge: &str, mtu: u32, subnets: &[Cidr]) -> Vec<Op> {
     }));
     ops.push(Op::SetUp { side: Side::Host, link: bridge.to_owned() });
     ops
+}
+
+/// Takes the gateway addresses of subnets no longer used off the bridge.
+pub fn retire_plan(bridge: &str, subnets: &[Cidr]) -> Vec<Op> {
+    subnets
+        .iter()
+        .map(|s| Op::RemoveAddress { side: Side::Host, link: bridge.to_owned(), addr: s.gateway(), prefix: s.prefix() })
+        .collect()
 }
 
 /// A pod's veth on the bridge, its addresses and default routes. The pod's
@@ -261,6 +283,18 @@ mod tests {
         let mut other = FakeNetlink::default();
         other.host = nl.host.clone();
         assert!(apply_all(&mut other, &attach_plan("crius0", 1500, "crpod1", &dual())).is_err());
+    }
+
+    #[test]
+    fn retired_subnets_leave_the_bridge_and_retiring_twice_is_fine() {
+        let mut nl = FakeNetlink::default();
+        apply_all(&mut nl, &bridge_plan("crius0", 1500, &subnets())).expect("bridge");
+        let v4 = [subnets()[0]];
+        for _ in 0..2 {
+            apply_all(&mut nl, &retire_plan("crius0", &v4)).expect("retire");
+        }
+        let left: Vec<_> = nl.link(Side::Host, "crius0").expect("bridge").addresses.iter().map(|a| a.0).collect();
+        assert_eq!(left, ["fd89::1".parse::<IpAddr>().expect("ip")]);
     }
 
     #[test]

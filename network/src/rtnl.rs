@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures_util::TryStreamExt;
-use netlink_packet_route::address::AddressHeaderFlags;
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -19,6 +19,7 @@ use crate::plan::{Netlink, Op, Side};
 
 const EEXIST: i32 = nix::libc::EEXIST;
 const ENODEV: i32 = nix::libc::ENODEV;
+const EADDRNOTAVAIL: i32 = nix::libc::EADDRNOTAVAIL;
 
 /// Runs `ops` against the kernel: `host_ns` is the node's namespace (`None`:
 /// crius's own), `pod_ns` the pod's namespace file.
@@ -121,6 +122,19 @@ impl RtnlExecutor {
                 }
                 ignore_errno(request.execute().await, EEXIST)
             }
+            Op::RemoveAddress { side, link, addr, prefix } => {
+                let handle = self.pod_or_host(*side);
+                let Some(found) = find_link(handle, link).await? else { return Ok(()) };
+                let mut addresses = handle.address().get().set_link_index_filter(found.header.index).execute();
+                while let Some(message) = addresses.try_next().await? {
+                    let matches = message.header.prefix_len == *prefix
+                        && message.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(ip) if ip == addr));
+                    if matches {
+                        return ignore_errno(handle.address().del(message).execute().await, EADDRNOTAVAIL);
+                    }
+                }
+                Ok(())
+            }
             Op::SetUp { side, link } => {
                 let handle = self.pod_or_host(*side);
                 let index = index_of(handle, link).await?;
@@ -191,6 +205,7 @@ impl Netlink for RtnlExecutor {
     fn apply(&mut self, op: &Op) -> Result<(), NetError> {
         let side = match op {
             Op::EnsureAddress { side, .. }
+            | Op::RemoveAddress { side, .. }
             | Op::SetUp { side, .. }
             | Op::EnsureDefaultRoute { side, .. }
             | Op::DeleteLink { side, .. } => *side,

@@ -83,7 +83,8 @@ impl AgentState {
                 None
             }
         };
-        let network = crate::network::PodNetwork::open(&config);
+        let pod_cidrs = store.setting(runtime_config::POD_CIDR_SETTING).ok().flatten();
+        let network = crate::network::PodNetwork::open(&config, pod_cidrs.as_deref());
         Self {
             network,
             streaming: std::sync::OnceLock::new(),
@@ -101,12 +102,14 @@ impl AgentState {
 /// A state on throwaway directories under `dir`, for unit tests.
 #[cfg(test)]
 pub(crate) fn test_state(dir: &std::path::Path) -> AgentState {
-    let config = Config {
+    let mut config = Config {
         root: dir.join("root"),
         run_root: dir.join("run"),
         socket: dir.join("run/crius.sock"),
         ..Config::default()
     };
+    // Unit tests never touch the host's network.
+    config.network.mode = crate::config::NetworkMode::None;
     for path in [&config.root, &config.run_root] {
         std::fs::create_dir_all(path).expect("state dirs");
     }

@@ -41,6 +41,7 @@ pub fn update_runtime_config(
         batch.setting(POD_CIDR_SETTING, Some(&normalized));
         state.store.write(batch)?;
         tracing::info!(pod_cidr = %normalized, "pod CIDR updated");
+        state.network.use_pod_cidrs(&state.config, &cidrs);
     }
     Ok(UpdateRuntimeConfigResponse {})
 }

@@ -99,7 +99,7 @@ mod tests {
         assert_eq!(conditions[1].r#type, "NetworkReady");
         assert!(!conditions[1].status);
         assert!(!conditions[1].reason.is_empty() && !conditions[1].message.is_empty());
-        assert!(conditions[1].message.contains("not set up yet"), "{:?}", conditions[1]);
+        assert!(conditions[1].message.contains("network.mode is \"none\""), "{:?}", conditions[1]);
         assert!(response.info.is_empty(), "info only when verbose");
     }
 
