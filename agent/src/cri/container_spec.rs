@@ -341,6 +341,23 @@ fn mounts(config: &ContainerConfig) -> Result<Vec<MountSpec>, AgentError> {
                 Ok(MountPropagation::PropagationBidirectional) => Propagation::RShared,
                 _ => Propagation::Private,
             };
+            if m.recursive_read_only {
+                // As kubelet's API validation and containerd require: a
+                // recursive read-only mount is read-only and private.
+                let reason = if !m.readonly {
+                    Some("recursive_read_only needs readonly")
+                } else if propagation != Propagation::Private {
+                    Some("recursive_read_only needs PROPAGATION_PRIVATE (submounts arriving later could not be read-only)")
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    return Err(AgentError::InvalidArgument {
+                        field: "config.mounts",
+                        reason: format!("{}: {reason}", m.container_path),
+                    });
+                }
+            }
             Ok(MountSpec {
                 source: PathBuf::from(&m.host_path),
                 destination: m.container_path.clone(),

@@ -44,8 +44,9 @@ pub fn status(state: &AgentState, request: StatusRequest) -> Result<StatusRespon
         info,
         runtime_handlers: vec![RuntimeHandler {
             name: String::new(),
-            // Neither is implemented yet: saying so keeps critest from running those specs.
-            features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+            // Recursive read-only mounts: every submount is remounted read-only
+            // (sandbox::mounts). User namespaces are not implemented yet.
+            features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: true, user_namespaces: false }),
         }],
         features: Some(RuntimeFeatures { supplemental_groups_policy: false, user_namespaces_host_network: false }),
     })

@@ -202,6 +202,32 @@ fn mounts_paths_and_namespaces() {
 }
 
 #[test]
+fn recursive_read_only_mounts_must_be_read_only_and_private() {
+    let root = rootfs();
+    let mount = |readonly, propagation: MountPropagation| ContainerConfig {
+        mounts: vec![Mount {
+            container_path: "/mnt".into(),
+            host_path: "/srv".into(),
+            readonly,
+            recursive_read_only: true,
+            propagation: propagation as i32,
+            ..Mount::default()
+        }],
+        ..ContainerConfig::default()
+    };
+    let ok = spec(&mount(true, MountPropagation::PropagationPrivate), &busybox(), root.path()).expect("valid");
+    assert!(ok.rootfs.mounts[0].recursive_readonly);
+    for bad in [
+        mount(false, MountPropagation::PropagationPrivate),
+        mount(true, MountPropagation::PropagationHostToContainer),
+        mount(true, MountPropagation::PropagationBidirectional),
+    ] {
+        let err = spec(&bad, &busybox(), root.path()).expect_err("refused");
+        assert!(matches!(err, AgentError::InvalidArgument { field: "config.mounts", .. }), "{err}");
+    }
+}
+
+#[test]
 fn negative_oom_scores_are_clamped() {
     let root = rootfs();
     let config = ContainerConfig {
