@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use cri_api::v1::security_profile::ProfileType;
-use cri_api::v1::{ContainerConfig, LinuxContainerSecurityContext, MountPropagation, NamespaceMode};
+use cri_api::v1::{
+    ContainerConfig, LinuxContainerSecurityContext, MountPropagation, NamespaceMode, SupplementalGroupsPolicy,
+};
 use crius_sandbox::mounts::{DeviceSpec, MountSpec, Propagation, RootfsSpec, resolve_in_root};
 use crius_sandbox::ns::pod::PodPaths;
 use crius_sandbox::ns::spec::{CapabilitySpec, ContainerSpec, NamespaceSpec, PidNamespace, ProcessSpec, UserSpec};
@@ -211,7 +213,11 @@ fn user(
             .or_else(|| group_by_name(&group, group_name))
             .ok_or_else(|| invalid(format!("group {group_name:?} is not in the image's /etc/group")))?,
     };
-    let mut additional_gids: Vec<u32> = name.map(|n| groups_of(&group, &n)).unwrap_or_default();
+    // Merge (the default) adds the groups the image's /etc/group gives the
+    // user; Strict only the ones the request lists.
+    let strict = security.supplemental_groups_policy == SupplementalGroupsPolicy::Strict as i32;
+    let mut additional_gids: Vec<u32> =
+        if strict { Vec::new() } else { name.map(|n| groups_of(&group, &n)).unwrap_or_default() };
     for extra in &security.supplemental_groups {
         if let Ok(extra) = u32::try_from(*extra) {
             additional_gids.push(extra);

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use cri_api::v1::{
     Container, ContainerMetadata, ContainerState as CriState, ContainerStatus, ContainerStatusRequest,
-    ContainerStatusResponse, CreateContainerRequest, CreateContainerResponse, ImageSpec, ListContainersRequest,
-    ListContainersResponse, RemoveContainerRequest, RemoveContainerResponse, StartContainerRequest,
-    StartContainerResponse, StopContainerRequest, StopContainerResponse,
+    ContainerStatusResponse, ContainerUser, CreateContainerRequest, CreateContainerResponse, ImageSpec,
+    LinuxContainerUser, ListContainersRequest, ListContainersResponse, RemoveContainerRequest, RemoveContainerResponse,
+    StartContainerRequest, StartContainerResponse, StopContainerRequest, StopContainerResponse,
 };
 use crius_images::digest::Digest;
 use crius_images::snapshot::unmount_rootfs;
@@ -43,6 +43,17 @@ pub struct ContainerDetails {
     monitor_pid: i32,
     reason: String,
     message: String,
+    /// The identity the container's process runs with.
+    #[serde(default)]
+    user: Option<ProcessUser>,
+}
+
+/// uid, gid and every group (primary included) of a container's process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ProcessUser {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
 }
 
 /// A CRI mount as ContainerStatus reports it.
@@ -121,8 +132,8 @@ pub fn create_container(
     };
     record.config = to_json(&details)?;
     match start_monitor(state, &pod, &image, &config, &details) {
-        Ok(monitor_pid) => {
-            let details = ContainerDetails { monitor_pid, ..details };
+        Ok((monitor_pid, user)) => {
+            let details = ContainerDetails { monitor_pid, user: Some(user), ..details };
             record.config = to_json(&details)?;
             record.state = ContainerState::Created;
             state.store.put(&record)?;
@@ -145,7 +156,7 @@ fn start_monitor(
     image: &crate::store::ImageRecord,
     config: &cri_api::v1::ContainerConfig,
     details: &ContainerDetails,
-) -> Result<i32, AgentError> {
+) -> Result<(i32, ProcessUser), AgentError> {
     let pod_details: PodDetails = serde_json::from_value(pod.config.clone())
         .map_err(|e| AgentError::Runtime(format!("pod {} record is unreadable: {e}", pod.id)))?;
     let paths =
@@ -183,7 +194,11 @@ fn start_monitor(
     )?;
     let self_exe = std::env::current_exe().map_err(|e| AgentError::Runtime(format!("locate crius binary: {e}")))?;
     let created = runtime::create(&details.bundle, &spec, &self_exe, CREATE_TIMEOUT).map_err(runtime_err)?;
-    Ok(created.monitor_pid)
+    let user = &spec.process.user;
+    let mut groups: Vec<u32> = std::iter::once(user.gid).chain(user.additional_gids.iter().copied()).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    Ok((created.monitor_pid, ProcessUser { uid: user.uid, gid: user.gid, groups }))
 }
 
 /// Removes whatever exists of a container: process, bundle, rootfs, snapshot, record.
@@ -333,6 +348,13 @@ pub fn container_status(
         labels: record.labels.clone().into_iter().collect(),
         annotations: record.annotations.clone().into_iter().collect(),
         log_path: details.log_path.clone(),
+        user: details.user.as_ref().map(|user| ContainerUser {
+            linux: Some(LinuxContainerUser {
+                uid: i64::from(user.uid),
+                gid: i64::from(user.gid),
+                supplemental_groups: user.groups.iter().map(|g| i64::from(*g)).collect(),
+            }),
+        }),
         mounts: details
             .mounts
             .iter()

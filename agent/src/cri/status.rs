@@ -48,7 +48,7 @@ pub fn status(state: &AgentState, request: StatusRequest) -> Result<StatusRespon
             // (sandbox::mounts). User namespaces are not implemented yet.
             features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: true, user_namespaces: false }),
         }],
-        features: Some(RuntimeFeatures { supplemental_groups_policy: false, user_namespaces_host_network: false }),
+        features: Some(RuntimeFeatures { supplemental_groups_policy: true, user_namespaces_host_network: false }),
     })
 }
 

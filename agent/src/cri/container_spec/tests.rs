@@ -1,5 +1,6 @@
 use cri_api::v1::{
     Capability, Int64Value, KeyValue, LinuxContainerConfig, LinuxContainerResources, Mount, SecurityProfile,
+    SupplementalGroupsPolicy,
 };
 
 use super::*;
@@ -128,6 +129,16 @@ fn users_come_from_cri_then_the_image() {
     assert_eq!(
         user("www-data", cri).expect("cri"),
         UserSpec { uid: 1000, gid: 2000, additional_gids: vec![3000, 50000] }
+    );
+    let strict = security(|s| {
+        s.run_as_user = Some(Int64Value { value: 1000 });
+        s.supplemental_groups = vec![1234];
+        s.supplemental_groups_policy = SupplementalGroupsPolicy::Strict as i32;
+    });
+    assert_eq!(
+        user("www-data", strict).expect("strict"),
+        UserSpec { uid: 1000, gid: 1000, additional_gids: vec![1234] },
+        "Strict leaves out the image's group 50000"
     );
     let group_only = security(|s| s.run_as_group = Some(Int64Value { value: 5 }));
     let err = user("", group_only).expect_err("group without user");
