@@ -273,3 +273,16 @@ fn unique() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
+
+/// A pod config with only its metadata: `name` in namespace `e2e`, uid `uid-<name>`.
+pub fn pod_config(name: &str) -> cri_api::v1::PodSandboxConfig {
+    cri_api::v1::PodSandboxConfig {
+        metadata: Some(cri_api::v1::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        ..cri_api::v1::PodSandboxConfig::default()
+    }
+}

@@ -4,19 +4,13 @@
 
 use cri_api::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest,
 };
 use crius_e2e::images::busybox_env;
 
 fn pod(name: &str, mode: NamespaceMode) -> PodSandboxConfig {
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
         linux: Some(LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
                 namespace_options: Some(NamespaceOption {
@@ -29,7 +23,7 @@ fn pod(name: &str, mode: NamespaceMode) -> PodSandboxConfig {
             }),
             ..LinuxPodSandboxConfig::default()
         }),
-        ..PodSandboxConfig::default()
+        ..crius_e2e::pod_config(name)
     }
 }
 

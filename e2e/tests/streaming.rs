@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use cri_api::v1::{
     AttachRequest, ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecRequest, ImageSpec,
-    PodSandboxConfig, PodSandboxMetadata, PortForwardRequest, RunPodSandboxRequest, StartContainerRequest,
+    PortForwardRequest, RunPodSandboxRequest, StartContainerRequest,
 };
-use crius_e2e::count_processes;
 use crius_e2e::images::{ImageEnv, busybox_env};
+use crius_e2e::{count_processes, pod_config};
 use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -21,18 +21,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tonic::transport::Channel;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn pod_config(name: &str) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
-        ..PodSandboxConfig::default()
-    }
-}
 
 /// A pod with one running container: `sh -c script`, with stdin when asked.
 async fn running(

@@ -19,16 +19,21 @@ fn server(state: &AgentState) -> Result<&StreamServer, AgentError> {
         .ok_or_else(|| AgentError::Runtime("the streaming server is not running".into()))
 }
 
+/// The streams a request asks for, checked.
+fn stream_options(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<StreamOptions, AgentError> {
+    let options = StreamOptions { stdin, stdout, stderr, tty };
+    options
+        .check()
+        .map_err(|reason| AgentError::InvalidArgument { field: "stdin/stdout/stderr/tty", reason: reason.into() })?;
+    Ok(options)
+}
+
 /// Exec: a URL that runs `cmd` in the container when a client connects.
 pub fn exec(state: &AgentState, request: ExecRequest) -> Result<ExecResponse, AgentError> {
     if request.cmd.is_empty() || request.cmd[0].is_empty() {
         return Err(AgentError::InvalidArgument { field: "cmd", reason: "empty command".into() });
     }
-    let options =
-        StreamOptions { stdin: request.stdin, stdout: request.stdout, stderr: request.stderr, tty: request.tty };
-    options
-        .check()
-        .map_err(|reason| AgentError::InvalidArgument { field: "stdin/stdout/stderr/tty", reason: reason.into() })?;
+    let options = stream_options(request.stdin, request.stdout, request.stderr, request.tty)?;
     let bundle = running_bundle(state, &request.container_id)?;
     let url = server(state)?.issue(Pending::Exec { bundle, cmd: request.cmd, options })?;
     Ok(ExecResponse { url })
@@ -36,11 +41,7 @@ pub fn exec(state: &AgentState, request: ExecRequest) -> Result<ExecResponse, Ag
 
 /// Attach: a URL that connects to the container's stdio (kept by its monitor).
 pub fn attach(state: &AgentState, request: AttachRequest) -> Result<AttachResponse, AgentError> {
-    let options =
-        StreamOptions { stdin: request.stdin, stdout: request.stdout, stderr: request.stderr, tty: request.tty };
-    options
-        .check()
-        .map_err(|reason| AgentError::InvalidArgument { field: "stdin/stdout/stderr/tty", reason: reason.into() })?;
+    let options = stream_options(request.stdin, request.stdout, request.stderr, request.tty)?;
     let bundle = running_bundle(state, &request.container_id)?;
     let spec_path = bundle.join(crius_sandbox::ns::spec::SPEC_FILE);
     let spec: crius_sandbox::ns::spec::ContainerSpec = std::fs::read(&spec_path)

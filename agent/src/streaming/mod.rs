@@ -192,6 +192,21 @@ fn reply(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
     response
 }
 
+/// A 101 answer upgrading to `upgrade`, with `extra` headers.
+fn switching_protocols(upgrade: &'static str, extra: &[(&'static str, &str)]) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
+    headers.insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static(upgrade));
+    for (name, value) in extra {
+        if let Ok(value) = hyper::header::HeaderValue::from_str(value) {
+            headers.insert(*name, value);
+        }
+    }
+    response
+}
+
 /// The protocols the client offers, in its order of preference.
 fn offered(req: &Request<Incoming>, header: &str) -> Vec<String> {
     req.headers()
@@ -244,15 +259,7 @@ async fn handle(server: Arc<StreamServer>, req: Request<Incoming>) -> Result<Res
             command => spdy_serve::serve_remote_command(session, version, command).await,
         }
     });
-    let mut response = reply(StatusCode::SWITCHING_PROTOCOLS, "");
-    *response.body_mut() = Full::new(Bytes::new());
-    let headers = response.headers_mut();
-    headers.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
-    headers.insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("SPDY/3.1"));
-    if let Ok(value) = hyper::header::HeaderValue::from_str(&protocol) {
-        headers.insert("X-Stream-Protocol-Version", value);
-    }
-    Ok(response)
+    Ok(switching_protocols("SPDY/3.1", &[("X-Stream-Protocol-Version", &protocol)]))
 }
 
 /// Answers a WebSocket upgrade (RFC 6455) and serves the session.
@@ -302,16 +309,5 @@ fn upgrade_websocket(req: Request<Incoming>, pending: Pending) -> Response<Full<
             command => websocket::serve_remote_command(ws, version, command).await,
         }
     });
-    let mut response = reply(StatusCode::SWITCHING_PROTOCOLS, "");
-    *response.body_mut() = Full::new(Bytes::new());
-    let headers = response.headers_mut();
-    headers.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
-    headers.insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("websocket"));
-    if let Ok(value) = hyper::header::HeaderValue::from_str(&key) {
-        headers.insert("Sec-WebSocket-Accept", value);
-    }
-    if let Ok(value) = hyper::header::HeaderValue::from_str(&protocol) {
-        headers.insert("Sec-WebSocket-Protocol", value);
-    }
-    response
+    switching_protocols("websocket", &[("Sec-WebSocket-Accept", &key), ("Sec-WebSocket-Protocol", &protocol)])
 }
