@@ -290,3 +290,30 @@ async fn the_streaming_server_can_serve_tls() -> anyhow::Result<()> {
     assert!(plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()));
     Ok(())
 }
+
+#[tokio::test]
+async fn exec_sessions_end_when_crius_dies() -> anyhow::Result<()> {
+    let Some((env, image)) = busybox_env("exec_sessions_end_when_crius_dies").await? else { return Ok(()) };
+    let (mut rt, _pod, id) = running(&env, &image, "sleep 3600", false).await?;
+    let request = cri_api::v1::ExecSyncRequest {
+        container_id: id,
+        cmd: vec!["/bin/sh".into(), "-c".into(), "sleep 4343".into()],
+        timeout: 0,
+    };
+    let pending = tokio::spawn(async move { rt.exec_sync(request).await });
+    let is_exec = |cmd: &str| cmd.contains("sleep") && cmd.contains("4343");
+    let started = Instant::now();
+    while count_processes(is_exec) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the exec never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.crius.signal(nix::sys::signal::Signal::SIGKILL)?;
+    while count_processes(is_exec) > 0 {
+        assert!(started.elapsed() < Duration::from_secs(15), "the exec outlived crius");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(pending.await?.is_err(), "the ExecSync call cannot succeed without crius");
+    // The container itself keeps running; a new crius cleans it up when the test ends.
+    let _cleanup = crius_e2e::Crius::start(&env.dirs, &[]).await?;
+    Ok(())
+}

@@ -45,6 +45,7 @@ async fn run_helper(
         .arg("exec")
         .arg(bundle)
         .arg(file)
+        .env(crius_sandbox::ns::exec::PARENT_ENV, std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -86,7 +86,13 @@ pub async fn spawn(bundle: &Path, cmd: &[String], tty: bool, stdin: bool) -> Res
     let request_file = RequestFile(path);
     let self_exe = std::env::current_exe().map_err(|e| runtime("locate crius binary", e))?;
     let mut command = tokio::process::Command::new(self_exe);
-    command.arg("internal").arg("exec").arg(bundle).arg(&request_file.0).kill_on_drop(true);
+    command
+        .arg("internal")
+        .arg("exec")
+        .arg(bundle)
+        .arg(&request_file.0)
+        .env(crius_sandbox::ns::exec::PARENT_ENV, std::process::id().to_string())
+        .kill_on_drop(true);
     if !tty {
         command.stdin(if stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().map_err(|e| runtime("start exec helper", e))?;

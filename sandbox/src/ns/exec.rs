@@ -269,7 +269,23 @@ pub fn run(bundle: &Path, request: &ExecRequest) -> ExecError {
     }
 }
 
+/// Environment variable naming the agent's pid: the exec ends (SIGTERM,
+/// which kills the command) when that process dies, since the session's
+/// client is gone with it.
+pub const PARENT_ENV: &str = "CRIUS_EXEC_PARENT";
+
+/// Ties this helper's life to the agent that started it.
+fn die_with_agent() {
+    let Some(agent) = std::env::var(PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok()) else { return };
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+    // The agent may have died before the line above took effect.
+    if nix::unistd::getppid().as_raw() != agent {
+        std::process::exit(EXIT_SETUP_FAILED);
+    }
+}
+
 fn exec(bundle: &Path, request: &ExecRequest) -> Result<Infallible, ExecError> {
+    die_with_agent();
     if let Err(e) = crate::sys::set_cloexec_from(3) {
         tracing::debug!(error = %e, "could not mark inherited descriptors close-on-exec");
     }
