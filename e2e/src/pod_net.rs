@@ -58,10 +58,10 @@ pub async fn pod_ip(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> Result<
     Ok(network.ip.parse()?)
 }
 
-/// Serves a greeting on port 80 inside the pod's network namespace.
+/// Serves a greeting on port 80 (IPv4 and IPv6) inside the pod's network namespace.
 pub fn serve_in_pod(dirs: &CriusDirs, id: &str, greeting: &'static str) -> Result<()> {
     let netns = dirs.run_root.join("pods").join(id).join("ns/net");
-    let listener = run_in(Some(&netns), || TcpListener::bind("0.0.0.0:80"))??;
+    let listener = run_in(Some(&netns), || TcpListener::bind("[::]:80"))??;
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
             let _ = stream.write_all(greeting.as_bytes());

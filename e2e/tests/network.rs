@@ -138,3 +138,31 @@ async fn kubelet_pod_cidr_replaces_the_configured_subnet() -> anyhow::Result<()>
     rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn dual_stack_pods_report_both_addresses() -> anyhow::Result<()> {
+    if skip("dual_stack_pods_report_both_addresses") {
+        return Ok(());
+    }
+    let dirs = CriusDirs::new()?;
+    let net = TestNetwork::new(&dirs, 2)?;
+    // The same network, plus an IPv6 subnet of its own.
+    let v6 = format!("fd00:{:x}::/64", std::process::id() % 0xffff);
+    let text = std::fs::read_to_string(&net.config)?
+        .replace(&format!("{}.0/24\"]", net.subnet_prefix), &format!("{}.0/24\", \"{v6}\"]", net.subnet_prefix));
+    std::fs::write(&net.config, text)?;
+    let crius = Crius::start(&dirs, &net.args()).await?;
+    let mut rt = crius.runtime().await?;
+    let id = rt.run_pod_sandbox(pod("dual", net.host_port)).await?.into_inner().pod_sandbox_id;
+    let request = cri_api::v1::PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: false };
+    let status = rt.pod_sandbox_status(request).await?.into_inner().status.unwrap_or_default();
+    let network = status.network.unwrap_or_default();
+    assert!(network.ip.starts_with(&format!("{}.", net.subnet_prefix)), "IPv4 first: {network:?}");
+    let additional: Vec<std::net::IpAddr> = network.additional_ips.iter().filter_map(|ip| ip.ip.parse().ok()).collect();
+    assert!(additional.len() == 1 && additional[0].is_ipv6(), "{network:?}");
+    serve_in_pod(&dirs, &id, "over IPv6")?;
+    assert_eq!(fetch(SocketAddr::new(additional[0], 80))?, "over IPv6");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await?;
+    assert!(net.veths().is_empty(), "{:?}", net.veths());
+    Ok(())
+}
