@@ -212,3 +212,43 @@ fn dual_stack_pods_get_one_address_per_family_and_answer_on_both() {
     net.detach("eeee6666").expect("detach");
     assert!(rtnl::bridge_ports(Some(lab.host.path()), "crtest6", "cr").expect("ports").is_empty());
 }
+
+#[test]
+fn traffic_leaving_the_node_is_masqueraded() {
+    let name = "traffic_leaving_the_node_is_masqueraded";
+    if !require_root(name) {
+        return;
+    }
+    if !has_nft() {
+        println!("SKIP {name}: nft is not installed (Debian package nftables)");
+        return;
+    }
+    let lab = Lab::new();
+    // "outside": a network beyond the node, which knows no route to the pods.
+    let outside = lab.pod("outside");
+    let link = [
+        Op::CreateVeth { host: "crext0".into(), pod: "ext0".into(), mtu: 1500 },
+        Op::EnsureAddress { side: Side::Host, link: "crext0".into(), addr: IpAddr::from([192, 0, 2, 1]), prefix: 24 },
+        Op::SetUp { side: Side::Host, link: "crext0".into() },
+        Op::EnsureAddress { side: Side::Pod, link: "ext0".into(), addr: IpAddr::from([192, 0, 2, 2]), prefix: 24 },
+        Op::SetUp { side: Side::Pod, link: "ext0".into() },
+    ];
+    rtnl::run_plan(Some(lab.host.path()), Some(outside.path()), &link).expect("outside link");
+    // The outside server answers with the source address it sees.
+    let listener = run_in(Some(outside.path()), || TcpListener::bind("192.0.2.2:80")).expect("enter").expect("bind");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let peer = stream.peer_addr().map(|p| p.ip().to_string()).unwrap_or_default();
+            let _ = stream.write_all(peer.as_bytes());
+        }
+    });
+    let net = lab.network();
+    // As at crius's start: the bridge and crius's table (masquerade) for the pods that exist.
+    net.restore(&[]).expect("restore");
+    let pod = lab.pod("pod");
+    net.attach("ffff7777", pod.path(), &[]).expect("attach");
+    let seen = fetch(pod.path(), "192.0.2.2:80".parse().expect("addr")).expect("pod reaches the outside");
+    assert_eq!(seen, "192.0.2.1", "the pod's address must be masqueraded as the node's");
+    net.detach("ffff7777").expect("detach");
+    net.remove_rules().expect("remove table");
+}
