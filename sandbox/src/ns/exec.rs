@@ -271,7 +271,10 @@ pub fn run(bundle: &Path, request: &ExecRequest) -> ExecError {
 
 /// Environment variable naming the agent's pid: the exec ends (SIGTERM,
 /// which kills the command) when that process dies, since the session's
-/// client is gone with it.
+/// client is gone with it. `PR_SET_PDEATHSIG` fires when the *thread* that
+/// spawned the helper ends, so the agent spawns it from a thread that lives
+/// as long as the agent (tokio's worker threads; never a blocking-pool
+/// thread, which ends when idle).
 pub const PARENT_ENV: &str = "CRIUS_EXEC_PARENT";
 
 /// Ties this helper's life to the agent that started it.
