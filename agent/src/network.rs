@@ -116,6 +116,17 @@ impl PodNetwork {
         *backend = Backend::Bridge(Box::new(new));
     }
 
+    /// Puts back the bridge and crius's nftables table when something else
+    /// removed them (a firewall reload flushes tables); run periodically.
+    pub fn resync(&self) {
+        let Backend::Bridge(bridge) = &*self.backend() else { return };
+        match bridge.resync() {
+            Ok(true) => tracing::warn!("crius's nftables table was missing (a firewall reload?); loaded it again"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %crate::error::chain(&e), "pod network resync failed"),
+        }
+    }
+
     fn backend(&self) -> RwLockReadGuard<'_, Backend> {
         self.backend.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

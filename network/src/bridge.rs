@@ -225,6 +225,19 @@ impl BridgeNetwork {
         Ok(())
     }
 
+    /// Puts back what someone else removed: the bridge (with its addresses)
+    /// and crius's nftables table (a firewall reload may flush it). Returns
+    /// whether the table had to be reloaded.
+    pub fn resync(&self) -> Result<bool, NetError> {
+        self.ensure_bridge()?;
+        let port_pods = self.port_pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.firewall.is_loaded()? {
+            return Ok(false);
+        }
+        self.firewall.apply(&port_pods)?;
+        Ok(true)
+    }
+
     /// Whether any pod holds an address of this network.
     pub fn has_attached_pods(&self) -> Result<bool, NetError> {
         Ok(!self.ipam.allocations()?.is_empty())

@@ -151,6 +151,22 @@ impl Firewall {
         nft(self.host_ns.as_deref(), &self.render(pods))
     }
 
+    /// Whether crius's table is loaded (a firewall reload may have flushed it).
+    pub fn is_loaded(&self) -> Result<bool, NetError> {
+        let binary = nft_binary();
+        let table = self.bridge.clone();
+        let status = netns::run_in(self.host_ns.as_deref(), || {
+            Command::new(&binary)
+                .args(["list", "table", "inet", &table])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+        })?
+        .map_err(|e| NetError::Firewall(format!("run {}: {e}", binary.display())))?;
+        Ok(status.success())
+    }
+
     /// Removes crius's table (nothing else).
     pub fn remove(&self) -> Result<(), NetError> {
         let t = &self.bridge;

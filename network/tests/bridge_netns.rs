@@ -144,6 +144,18 @@ fn host_ports_work_from_the_node_through_localhost_and_go_away() {
     let local: SocketAddr = "127.0.0.1:18080".parse().expect("addr");
     assert_eq!(fetch(lab.host.path(), local).expect("via localhost"), "hello through a host port");
 
+    // A firewall reload flushes crius's table; the periodic resync puts it back.
+    let flush = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", lab.host.path().display()))
+        .args(["nft", "delete", "table", "inet", "crtest0"])
+        .status();
+    if flush.is_ok_and(|s| s.success()) {
+        assert!(fetch(lab.host.path(), local).is_err(), "the host port answers without the table");
+        assert!(net.resync().expect("resync"), "the table was missing");
+        assert_eq!(fetch(lab.host.path(), local).expect("after resync"), "hello through a host port");
+        assert!(!net.resync().expect("resync"), "nothing to do the second time");
+    }
+
     let other = lab.pod("other");
     let err = net.attach("dddd4444", other.path(), &[tcp(18080)]).expect_err("port taken");
     assert!(err.to_string().contains("already mapped by pod cccc3333"), "{err}");

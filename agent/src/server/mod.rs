@@ -54,6 +54,10 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// How often the pod network's bridge and nftables table are checked and put
+/// back if something removed them.
+const NETWORK_RESYNC: Duration = Duration::from_secs(30);
+
 /// Serves CRI until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let access =
@@ -98,6 +102,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let streaming =
         crate::streaming::StreamServer::start(streaming_address, ttl, tls).await.map_err(ServeError::Streaming)?;
     let _ = state.streaming.set(streaming);
+    let resync_state = Arc::clone(&state);
+    let resync = tokio::spawn(async move {
+        let mut every = tokio::time::interval(NETWORK_RESYNC);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let state = Arc::clone(&resync_state);
+            let _ = tokio::task::spawn_blocking(move || state.network.resync()).await;
+        }
+    });
     let service = CriService::new(state);
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -126,6 +140,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
     };
     signals.abort();
+    resync.abort();
     drop(socket_guard);
     result?;
     tracing::info!("crius stopped; pods and containers keep running");
