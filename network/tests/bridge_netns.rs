@@ -210,7 +210,13 @@ fn dual_stack_pods_get_one_address_per_family_and_answer_on_both() {
     })
     .expect("network");
     let pod = lab.pod("pod6");
-    let ips = net.attach("eeee6666", pod.path(), &[]).expect("attach");
+    let with_nft = has_nft();
+    let ports = if with_nft {
+        vec![PortMapping { protocol: Protocol::Tcp, host_ip: None, host_port: 18086, container_port: 80 }]
+    } else {
+        Vec::new()
+    };
+    let ips = net.attach("eeee6666", pod.path(), &ports).expect("attach");
     assert_eq!(ips, [IpAddr::from([10, 124, 0, 2]), "fd12:3456::2".parse::<IpAddr>().expect("ip")]);
     let listener = run_in(Some(pod.path()), || TcpListener::bind("[::]:80")).expect("enter").expect("bind");
     std::thread::spawn(move || {
@@ -221,8 +227,18 @@ fn dual_stack_pods_get_one_address_per_family_and_answer_on_both() {
     for ip in &ips {
         assert_eq!(fetch(lab.host.path(), SocketAddr::new(*ip, 80)).expect("node to pod"), "both families", "{ip}");
     }
+    if with_nft {
+        // The hostPort on the node's own IPv6 address (the bridge gateway) reaches the pod.
+        let gateway: IpAddr = "fd12:3456::1".parse().expect("ip");
+        assert_eq!(fetch(lab.host.path(), SocketAddr::new(gateway, 18086)).expect("v6 hostPort"), "both families");
+        let v4_gateway = IpAddr::from([10, 124, 0, 1]);
+        assert_eq!(fetch(lab.host.path(), SocketAddr::new(v4_gateway, 18086)).expect("v4 hostPort"), "both families");
+    }
     net.detach("eeee6666").expect("detach");
     assert!(rtnl::bridge_ports(Some(lab.host.path()), "crtest6", "cr").expect("ports").is_empty());
+    if with_nft {
+        net.remove_rules().expect("remove table");
+    }
 }
 
 #[test]
