@@ -70,6 +70,13 @@ pub struct FsUsage {
     pub inodes: u64,
 }
 
+impl FsUsage {
+    /// Both usages together.
+    pub fn plus(self, other: FsUsage) -> FsUsage {
+        FsUsage { bytes: self.bytes.saturating_add(other.bytes), inodes: self.inodes.saturating_add(other.inodes) }
+    }
+}
+
 /// Image filesystem and container filesystem usage.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -208,6 +215,9 @@ pub struct ImageStore {
     pub(crate) registry: RegistryClient,
     pub(crate) pulls: Mutex<HashMap<u64, Arc<PullProgress>>>,
     pub(crate) next_pull: AtomicU64,
+    /// Usage of each unpacked layer by directory name: layers never change
+    /// once unpacked, so each is walked once, not on every ImageFsInfo.
+    layer_usage: Mutex<HashMap<String, FsUsage>>,
 }
 
 impl ImageStore {
@@ -226,6 +236,7 @@ impl ImageStore {
             registry,
             pulls: Mutex::new(HashMap::new()),
             next_pull: AtomicU64::new(0),
+            layer_usage: Mutex::new(HashMap::new()),
         })
     }
 
@@ -281,10 +292,47 @@ impl ImageStore {
         let io = |path: &Path, source| {
             ImageError::Storage(ContentError::Io { operation: "measure", path: path.to_path_buf(), source })
         };
+        let mut images = du_entry(&self.config.root).map_err(|e| io(&self.config.root, e))?;
+        for entry in std::fs::read_dir(&self.config.root).map_err(|e| io(&self.config.root, e))? {
+            let path = entry.map_err(|e| io(&self.config.root, e))?.path();
+            let part = if path.file_name().is_some_and(|n| n == "layers") {
+                self.layers_usage(&path).map_err(|e| io(&path, e))?
+            } else {
+                du(&path).map_err(|e| io(&path, e))?
+            };
+            images = images.plus(part);
+        }
         Ok(Usage {
-            images: du(&self.config.root).map_err(|e| io(&self.config.root, e))?,
+            images,
             containers: du(&self.config.containers_root).map_err(|e| io(&self.config.containers_root, e))?,
         })
+    }
+
+    /// The layers directory: committed layers from the cache (walked once),
+    /// anything else (unpacks in progress, layers being removed) walked now.
+    fn layers_usage(&self, dir: &Path) -> std::io::Result<FsUsage> {
+        let mut total = du_entry(dir)?;
+        let mut cache = self.layer_usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut present = HashSet::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let committed = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            let usage = match cache.get(&name) {
+                Some(usage) if committed => *usage,
+                _ => {
+                    let usage = du(&entry.path())?;
+                    if committed {
+                        cache.insert(name.clone(), usage);
+                    }
+                    usage
+                }
+            };
+            present.insert(name);
+            total = total.plus(usage);
+        }
+        cache.retain(|name, _| present.contains(name));
+        Ok(total)
     }
 }
 
@@ -304,10 +352,57 @@ pub(crate) fn du(root: &Path) -> std::io::Result<FsUsage> {
             usage.bytes += meta.blocks() * 512;
         }
         if meta.is_dir() {
-            for entry in std::fs::read_dir(&path)? {
+            let entries = match std::fs::read_dir(&path) {
+                Ok(entries) => entries,
+                // Removed meanwhile (a layer being deleted): it uses nothing now.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
                 stack.push(entry?.path());
             }
         }
     }
     Ok(usage)
+}
+
+/// The usage of one inode, without what is below it.
+fn du_entry(path: &Path) -> std::io::Result<FsUsage> {
+    let meta = std::fs::symlink_metadata(path)?;
+    Ok(FsUsage { bytes: meta.blocks() * 512, inodes: 1 })
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn usage_with_cached_layers_matches_a_full_walk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = ImageStoreConfig {
+            root: dir.path().join("images"),
+            containers_root: dir.path().join("snapshots"),
+            hosts_dir: None,
+            auth_file: None,
+            progress_timeout: Duration::from_secs(60),
+            progress_interval: Duration::from_secs(5),
+            unpack_limits: UnpackLimits::default(),
+        };
+        let store = ImageStore::open(config).expect("store");
+        let layers = dir.path().join("images/layers");
+        for (n, size) in [(1u8, 10_000usize), (2, 200_000)] {
+            let fs = layers.join(format!("{n:064x}")).join("fs");
+            std::fs::create_dir_all(&fs).expect("mkdir");
+            std::fs::write(fs.join("file"), vec![n; size]).expect("write");
+        }
+        std::fs::create_dir_all(layers.join(".tmp-unpacking")).expect("mkdir");
+        let full = |root: &Path| du(root).expect("du");
+        for _ in 0..2 {
+            assert_eq!(store.usage().expect("usage").images, full(&dir.path().join("images")));
+        }
+        // A removed layer no longer counts (and leaves the cache).
+        std::fs::remove_dir_all(layers.join(format!("{:064x}", 2))).expect("rm");
+        assert_eq!(store.usage().expect("usage").images, full(&dir.path().join("images")));
+        assert_eq!(store.layer_usage.lock().expect("lock").len(), 1);
+    }
 }
