@@ -407,7 +407,10 @@ impl Config {
         if matches!(self.network.mode, NetworkMode::Bridge | NetworkMode::Auto) {
             let invalid = |allowed: String| ConfigError::Invalid {
                 key: "network",
-                value: format!("{:?}", self.network),
+                value: format!(
+                    "bridge = {:?}, subnets = {:?}, mtu = {}",
+                    self.network.bridge, self.network.subnets, self.network.mtu
+                ),
                 allowed,
             };
             let subnets = self.network.parsed_subnets().map_err(invalid)?;
@@ -560,6 +563,25 @@ mod tests {
         let config = parse(&format!("socket = \"{long}\"\n")).expect("parses");
         let err = config.validate().expect_err("too long");
         assert!(err.to_string().contains("107 bytes"), "{err}");
+    }
+
+    #[test]
+    fn unusable_network_and_streaming_settings_are_refused() {
+        for (text, key, why) in [
+            ("[network]\nsubnets = [\"10.0.0.0/31\"]\n", "`network`", "no room for pods"),
+            ("[network]\nsubnets = [\"10.0.0.0/16\", \"10.1.0.0/16\"]\n", "`network`", "one per address family"),
+            ("[network]\nbridge = \"way-too-long-bridge\"\n", "`network`", "1-15 characters"),
+            ("[network]\nsubnets = [\"not a cidr\"]\n", "`network`", "not a cidr"),
+            ("[streaming]\naddress = \"localhost\"\n", "`streaming.address`", "IP address and port"),
+            ("[streaming]\ntls_cert_file = \"/c.pem\"\n", "`streaming.tls_cert_file`", "or neither"),
+        ] {
+            let err = parse(text).expect("parses").validate().expect_err(text).to_string();
+            assert!(err.contains(key) && err.contains(why), "{text}: {err}");
+        }
+        let mut none = Config::default();
+        none.network.mode = NetworkMode::None;
+        none.network.subnets = vec!["garbage".into()];
+        none.validate().expect("subnets are not used without the bridge");
     }
 
     #[test]

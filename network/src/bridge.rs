@@ -48,6 +48,11 @@ impl BridgeConfig {
         if !(68..=65535).contains(&self.mtu) {
             return Err(NetError::Config(format!("mtu {}: must be 68-65535", self.mtu)));
         }
+        if let Some(small) = self.subnets.iter().find(|s| s.prefix() > if s.addr().is_ipv4() { 30 } else { 126 }) {
+            return Err(NetError::Config(format!(
+                "subnet {small} leaves no room for pods (IPv4 prefix at most /30, IPv6 at most /126)"
+            )));
+        }
         let v4 = self.subnets.iter().filter(|s| s.addr().is_ipv4()).count();
         if self.subnets.is_empty() || v4 > 1 || self.subnets.len() - v4 > 1 {
             return Err(NetError::Config("one or two subnets: at most one per address family".into()));
