@@ -215,6 +215,7 @@ impl BridgeNetwork {
             .map(|p| (p.id.clone(), PodPorts { ips: p.ips.clone(), ports: p.ports.clone() }))
             .collect();
         self.firewall.apply(&port_pods)?;
+        self.open_forwarding()?;
         let live: HashSet<String> = pods.iter().map(|p| p.id.clone()).collect();
         for (ip, owner) in self.ipam.reconcile(&live)? {
             tracing::info!(%ip, pod_id = %owner, "released the address of a pod that no longer exists");
@@ -235,6 +236,7 @@ impl BridgeNetwork {
     /// whether the table had to be reloaded.
     pub fn resync(&self) -> Result<bool, NetError> {
         self.ensure_bridge()?;
+        self.open_forwarding()?;
         let port_pods = self.port_pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.firewall.is_loaded()? {
             return Ok(false);
@@ -257,7 +259,16 @@ impl BridgeNetwork {
 
     /// Removes crius's nftables table (the bridge is left, as CNI does).
     pub fn remove_rules(&self) -> Result<(), NetError> {
+        crate::forward::close(self.config.host_ns.as_deref(), &self.config.bridge)?;
         self.firewall.remove()
+    }
+
+    /// Where the host's iptables FORWARD policy is DROP, lets pod traffic through.
+    fn open_forwarding(&self) -> Result<(), NetError> {
+        let c = &self.config;
+        let v4 = c.subnets.iter().any(|s| s.addr().is_ipv4());
+        let v6 = c.subnets.iter().any(|s| s.addr().is_ipv6());
+        crate::forward::open(c.host_ns.as_deref(), &c.bridge, v4, v6)
     }
 }
 

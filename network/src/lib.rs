@@ -16,3 +16,4 @@ pub use error::NetError;
 pub mod bridge;
 pub mod cni;
 pub mod firewall;
+pub mod forward;

@@ -270,8 +270,21 @@ fn traffic_leaving_the_node_is_masqueraded() {
             let _ = stream.write_all(peer.as_bytes());
         }
     });
+    // A Docker-style host: the iptables FORWARD policy drops routed packets.
+    let iptables = |args: &[&str]| {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", lab.host.path().display()))
+            .arg("iptables")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let drop_policy = iptables(&["-P", "FORWARD", "DROP"]).is_some();
     let net = lab.network();
-    // As at crius's start: the bridge and crius's table (masquerade) for the pods that exist.
+    // As at crius's start: the bridge, crius's table (masquerade) and, under
+    // a DROP policy, crius's FORWARD accept rules.
     net.restore(&[]).expect("restore");
     let pod = lab.pod("pod");
     net.attach("ffff7777", pod.path(), &[]).expect("attach");
@@ -279,4 +292,11 @@ fn traffic_leaving_the_node_is_masqueraded() {
     assert_eq!(seen, "192.0.2.1", "the pod's address must be masqueraded as the node's");
     net.detach("ffff7777").expect("detach");
     net.remove_rules().expect("remove table");
+    if drop_policy {
+        let forward = iptables(&["-S", "FORWARD"]).unwrap_or_default();
+        assert!(!forward.contains("crius crtest0"), "crius's FORWARD rules left: {forward}");
+        assert!(forward.contains("-P FORWARD DROP"), "the host's policy is untouched: {forward}");
+    } else {
+        println!("(iptables not usable here: the DROP-policy part was not exercised)");
+    }
 }
