@@ -67,6 +67,8 @@ pub struct AgentState {
     pub cgroup_mode: Option<crius_sandbox::cgroups::CgroupMode>,
     /// Previous cpu samples, for cpu usage rates.
     pub cpu_samples: stats::CpuSamples,
+    /// Recently measured writable-layer usage.
+    pub writable_usage: stats::WritableUsage,
     /// The pod network.
     pub network: crate::network::PodNetwork,
     /// The streaming server, once started.
@@ -95,6 +97,7 @@ impl AgentState {
             pod_lock: std::sync::Mutex::new(()),
             cgroup_mode,
             cpu_samples: stats::CpuSamples::default(),
+            writable_usage: stats::WritableUsage::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use cri_api::v1::{
     ContainerAttributes, ContainerMetadata, ContainerStats, ContainerStatsRequest, ContainerStatsResponse, CpuUsage,
@@ -11,6 +12,7 @@ use cri_api::v1::{
     ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, MemoryUsage, PodSandboxAttributes, PodSandboxMetadata,
     PodSandboxStats, PodSandboxStatsRequest, PodSandboxStatsResponse, ProcessUsage, UInt64Value,
 };
+use crius_images::store::FsUsage;
 use crius_sandbox::cgroups::{Cgroup, CgroupStats};
 
 use super::AgentState;
@@ -33,6 +35,51 @@ impl CpuSamples {
         let elapsed = u64::try_from(timestamp - then).ok().filter(|e| *e > 0)?;
         let delta = usage_ns.checked_sub(used)?;
         u64::try_from(u128::from(delta) * 1_000_000_000 / u128::from(elapsed)).ok()
+    }
+}
+
+/// How long a measured writable-layer usage is reused. Walking a writable
+/// layer costs one stat per file; kubelet asks for every container every few
+/// seconds (containerd likewise refreshes snapshot usage every 10 s).
+const WRITABLE_USAGE_TTL: Duration = Duration::from_secs(10);
+
+/// Recently measured writable-layer usage by container id: (when, its
+/// timestamp in ns, usage).
+#[derive(Debug)]
+pub struct WritableUsage {
+    ttl: Duration,
+    cache: Mutex<HashMap<String, (Instant, i64, FsUsage)>>,
+}
+
+impl Default for WritableUsage {
+    fn default() -> Self {
+        Self { ttl: WRITABLE_USAGE_TTL, cache: Mutex::default() }
+    }
+}
+
+impl WritableUsage {
+    /// The cached usage of `id` while fresh, else `measure`'s (then cached);
+    /// with the time it was measured.
+    fn get(&self, id: &str, measure: impl FnOnce() -> Option<FsUsage>) -> (i64, Option<FsUsage>) {
+        let now = Instant::now();
+        if let Some((at, timestamp, usage)) = self.lock().get(id)
+            && now.duration_since(*at) < self.ttl
+        {
+            return (*timestamp, Some(*usage));
+        }
+        // Measured without the lock: other containers' stats need not wait.
+        let timestamp = now_ns();
+        let usage = measure();
+        let mut cache = self.lock();
+        cache.retain(|_, (at, _, _)| now.duration_since(*at) < self.ttl * 3);
+        if let Some(usage) = usage {
+            cache.insert(id.to_owned(), (now, timestamp, usage));
+        }
+        (timestamp, usage)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, i64, FsUsage)>> {
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -141,7 +188,8 @@ fn stats_of(state: &AgentState, record: &ContainerRecord) -> ContainerStats {
     let cgroup = record.config.get("cgroup").and_then(|c| c.as_str()).map(str::to_owned);
     let running = record.state == ContainerState::Running;
     let sample = if running { cgroup_stats(state, cgroup.as_deref()) } else { None };
-    let writable = state.images.snapshots().usage(&record.id).ok();
+    let (measured_at, writable) =
+        state.writable_usage.get(&record.id, || state.images.snapshots().usage(&record.id).ok());
     ContainerStats {
         attributes: Some(ContainerAttributes {
             id: record.id.clone(),
@@ -152,7 +200,7 @@ fn stats_of(state: &AgentState, record: &ContainerRecord) -> ContainerStats {
         cpu: Some(cpu(state, &record.id, timestamp, sample.as_ref())),
         memory: Some(memory(timestamp, sample.as_ref())),
         writable_layer: Some(FilesystemUsage {
-            timestamp,
+            timestamp: measured_at,
             fs_id: Some(FilesystemIdentifier { mountpoint: state.images.container_root().display().to_string() }),
             used_bytes: Some(UInt64Value { value: writable.map_or(0, |w| w.bytes) }),
             inodes_used: Some(UInt64Value { value: writable.map_or(0, |w| w.inodes) }),
@@ -198,6 +246,20 @@ fn memory(timestamp: i64, sample: Option<&CgroupStats>) -> MemoryUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writable_usage_is_reused_while_fresh() {
+        let usage = |bytes| Some(FsUsage { bytes, inodes: 1 });
+        let cache = WritableUsage::default();
+        let (first_at, first) = cache.get("c1", || usage(10));
+        let (again_at, again) = cache.get("c1", || panic!("measured again within the ttl"));
+        assert_eq!((first, first_at), (again, again_at));
+        assert_eq!(cache.get("c2", || usage(20)).1, usage(20), "per container");
+        let expired = WritableUsage { ttl: Duration::ZERO, cache: Mutex::default() };
+        expired.get("c1", || usage(10));
+        assert_eq!(expired.get("c1", || usage(11)).1, usage(11), "measured again once stale");
+        assert_eq!(cache.get("gone", || None).1, None);
+    }
 
     #[test]
     fn cpu_rate_needs_two_samples() {
