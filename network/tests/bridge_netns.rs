@@ -84,6 +84,18 @@ fn fetch(ns: &Path, addr: SocketAddr) -> std::io::Result<String> {
     .expect("enter netns")
 }
 
+/// Root and the `nft` tool; prints `SKIP` otherwise.
+fn require_root_and_nft(name: &str) -> bool {
+    if !require_root(name) {
+        return false;
+    }
+    if !has_nft() {
+        println!("SKIP {name}: nft is not installed (Debian package nftables)");
+        return false;
+    }
+    true
+}
+
 fn has_nft() -> bool {
     ["/usr/sbin/nft", "/sbin/nft"].iter().any(|p| Path::new(p).exists())
 }
@@ -128,11 +140,7 @@ fn pods_reach_each_other_and_the_node_reaches_them_then_nothing_is_left() {
 #[test]
 fn host_ports_work_from_the_node_through_localhost_and_go_away() {
     let name = "host_ports_work_from_the_node_through_localhost_and_go_away";
-    if !require_root(name) {
-        return;
-    }
-    if !has_nft() {
-        println!("SKIP {name}: nft is not installed (Debian package nftables)");
+    if !require_root_and_nft(name) {
         return;
     }
     let lab = Lab::new();
@@ -244,11 +252,7 @@ fn dual_stack_pods_get_one_address_per_family_and_answer_on_both() {
 #[test]
 fn traffic_leaving_the_node_is_masqueraded() {
     let name = "traffic_leaving_the_node_is_masqueraded";
-    if !require_root(name) {
-        return;
-    }
-    if !has_nft() {
-        println!("SKIP {name}: nft is not installed (Debian package nftables)");
+    if !require_root_and_nft(name) {
         return;
     }
     let lab = Lab::new();
