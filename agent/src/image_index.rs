@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use crius_images::reference::Reference;
 
-use crate::store::{ContainerRecord, ImageRecord, StateStore, StoreError, WriteBatch};
+use crate::store::{ContainerRecord, ImageRecord, StateStore, StoreError};
 
 /// What a pull produced, as the index records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,41 +47,42 @@ pub fn record_pull(
         format!("{}@{}", reference.name(), pulled.resolved_digest),
         format!("{}@{}", reference.name(), pulled.manifest_digest),
     ];
-    let mut batch = WriteBatch::default();
-    let mut record = store.get::<ImageRecord>(&pulled.id)?.unwrap_or_else(|| ImageRecord {
-        id: pulled.id.clone(),
-        repo_tags: Vec::new(),
-        repo_digests: Vec::new(),
-        size: 0,
-        pinned: false,
-        manifest_digest: String::new(),
-        layers: Vec::new(),
-        blobs: Vec::new(),
-        user: String::new(),
-    });
-    if let Some(tag) = &tag {
-        for mut other in store.list::<ImageRecord>()? {
-            if other.id != pulled.id && other.repo_tags.contains(tag) {
-                other.repo_tags.retain(|t| t != tag);
-                batch.put(&other)?;
+    // One transaction: two pulls of tags of one image must not lose a tag.
+    store.transact(|txn| {
+        let mut record = txn.get::<ImageRecord>(&pulled.id)?.unwrap_or_else(|| ImageRecord {
+            id: pulled.id.clone(),
+            repo_tags: Vec::new(),
+            repo_digests: Vec::new(),
+            size: 0,
+            pinned: false,
+            manifest_digest: String::new(),
+            layers: Vec::new(),
+            blobs: Vec::new(),
+            user: String::new(),
+        });
+        if let Some(tag) = &tag {
+            for mut other in txn.list::<ImageRecord>()? {
+                if other.id != pulled.id && other.repo_tags.contains(tag) {
+                    other.repo_tags.retain(|t| t != tag);
+                    txn.put(&other)?;
+                }
             }
+            push_unique(&mut record.repo_tags, tag);
         }
-        push_unique(&mut record.repo_tags, tag);
-    }
-    for repo_digest in &repo_digests {
-        push_unique(&mut record.repo_digests, repo_digest);
-    }
-    record.size = pulled.size;
-    record.manifest_digest.clone_from(&pulled.manifest_digest);
-    record.layers.clone_from(&pulled.layers);
-    for blob in &pulled.blobs {
-        push_unique(&mut record.blobs, blob);
-    }
-    record.user.clone_from(&pulled.user);
-    record.pinned |= pinned;
-    batch.put(&record)?;
-    store.write(batch)?;
-    Ok(record)
+        for repo_digest in &repo_digests {
+            push_unique(&mut record.repo_digests, repo_digest);
+        }
+        record.size = pulled.size;
+        record.manifest_digest.clone_from(&pulled.manifest_digest);
+        record.layers.clone_from(&pulled.layers);
+        for blob in &pulled.blobs {
+            push_unique(&mut record.blobs, blob);
+        }
+        record.user.clone_from(&pulled.user);
+        record.pinned |= pinned;
+        txn.put(&record)?;
+        Ok::<_, StoreError>(record)
+    })
 }
 
 /// Finds an image by id (`sha256:<hex>`, bare hex, or an unambiguous hex
@@ -198,6 +199,22 @@ mod tests {
         assert!(old.repo_tags.is_empty(), "the tag moved");
         let new = find(&store, "busybox").expect("find").expect("found");
         assert_eq!(new.id, B);
+    }
+
+    #[test]
+    fn concurrent_pulls_of_tags_of_one_image_keep_every_tag() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::open(dir.path()).expect("store");
+        std::thread::scope(|scope| {
+            for tag in 0..8 {
+                let store = &store;
+                scope.spawn(move || {
+                    record_pull(store, &reference(&format!("gcr.io/x/y:{tag}")), &pulled(A), false).expect("pull")
+                });
+            }
+        });
+        let image = store.get::<ImageRecord>(A).expect("get").expect("image");
+        assert_eq!(image.repo_tags.len(), 8, "a tag was lost: {:?}", image.repo_tags);
     }
 
     #[test]

@@ -194,28 +194,43 @@ impl StateStore {
 
     /// Applies every write of `batch` in one transaction: all or nothing.
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.err("begin write", e))?;
-        for op in &batch.ops {
-            match op {
-                BatchOp::Put { kind, id, value } => {
-                    let mut table = txn.open_table(kind.table()).map_err(|e| self.err("open table", e))?;
-                    table.insert(id.as_str(), value.as_slice()).map_err(|e| self.err("insert record", e))?;
-                }
-                BatchOp::Delete { kind, id } => {
-                    let mut table = txn.open_table(kind.table()).map_err(|e| self.err("open table", e))?;
-                    table.remove(id.as_str()).map_err(|e| self.err("delete record", e))?;
-                }
-                BatchOp::Setting { key, value } => {
-                    let mut table = txn.open_table(SETTINGS).map_err(|e| self.err("open settings", e))?;
-                    match value {
-                        Some(value) => table.insert(key.as_str(), value.as_str()).map(drop),
-                        None => table.remove(key.as_str()).map(drop),
-                    }
-                    .map_err(|e| self.err("write setting", e))?;
+        self.transact(|txn| {
+            for op in batch.ops {
+                match op {
+                    BatchOp::Put { kind, id, value } => txn.insert(kind, &id, &value)?,
+                    BatchOp::Delete { kind, id } => txn.remove(kind, &id)?,
+                    BatchOp::Setting { key, value } => txn.set_setting(&key, value.as_deref())?,
                 }
             }
-        }
-        txn.commit().map_err(|e| self.err("commit", e))
+            Ok(())
+        })
+    }
+
+    /// Runs `work` in one write transaction and commits what it wrote when
+    /// it returns `Ok`; an `Err` discards every write. Write transactions
+    /// run one at a time, so what `work` reads cannot change under it: a
+    /// read-modify-write in here never loses a concurrent update.
+    pub fn transact<T, E: From<StoreError>>(&self, work: impl FnOnce(&mut Txn<'_>) -> Result<T, E>) -> Result<T, E> {
+        let txn = self.db.begin_write().map_err(|e| self.err("begin write", e))?;
+        let value = work(&mut Txn { txn: &txn, store: self })?;
+        txn.commit().map_err(|e| self.err("commit", e))?;
+        Ok(value)
+    }
+
+    /// Changes the record `id` in one transaction: `change` gets the stored
+    /// record and the result is written back when it returns `Ok`. `None`
+    /// when there is no such record (nothing is written).
+    pub fn update<R: Record, E: From<StoreError>>(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut R) -> Result<(), E>,
+    ) -> Result<Option<R>, E> {
+        self.transact(|txn| {
+            let Some(mut record) = txn.get::<R>(id)? else { return Ok(None) };
+            change(&mut record)?;
+            txn.put(&record)?;
+            Ok(Some(record))
+        })
     }
 
     /// Stores one record (a one-write batch).
@@ -277,6 +292,78 @@ impl StateStore {
 
     fn err(&self, operation: &'static str, e: impl Into<redb::Error>) -> StoreError {
         db_error(&self.path, operation, e)
+    }
+}
+
+/// An open write transaction (see [`StateStore::transact`]): its reads see
+/// its own writes.
+pub struct Txn<'a> {
+    txn: &'a redb::WriteTransaction,
+    store: &'a StateStore,
+}
+
+impl std::fmt::Debug for Txn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Txn").field("store", &self.store.path).finish_non_exhaustive()
+    }
+}
+
+impl Txn<'_> {
+    /// Reads one record.
+    pub fn get<R: Record>(&self, id: &str) -> Result<Option<R>, StoreError> {
+        let table = self.txn.open_table(R::KIND.table()).map_err(|e| self.store.err("open table", e))?;
+        let Some(value) = table.get(id).map_err(|e| self.store.err("read record", e))? else {
+            return Ok(None);
+        };
+        decode::<R>(id, value.value()).map(Some)
+    }
+
+    /// Reads every record of one kind, in id order.
+    pub fn list<R: Record>(&self) -> Result<Vec<R>, StoreError> {
+        let table = self.txn.open_table(R::KIND.table()).map_err(|e| self.store.err("open table", e))?;
+        let mut records = Vec::new();
+        for entry in table.iter().map_err(|e| self.store.err("list records", e))? {
+            let (key, value) = entry.map_err(|e| self.store.err("list records", e))?;
+            records.push(decode::<R>(key.value(), value.value())?);
+        }
+        Ok(records)
+    }
+
+    /// Stores `record`, replacing any record of the same kind and id.
+    pub fn put<R: Record>(&mut self, record: &R) -> Result<(), StoreError> {
+        let id = record.id();
+        let value = serde_json::to_vec(record).map_err(|source| StoreError::Encode {
+            kind: R::KIND,
+            id: id.to_owned(),
+            source,
+        })?;
+        self.insert(R::KIND, id, &value)
+    }
+
+    /// Deletes the record of type `R` with `id`, if there is one.
+    pub fn delete<R: Record>(&mut self, id: &str) -> Result<(), StoreError> {
+        self.remove(R::KIND, id)
+    }
+
+    fn insert(&mut self, kind: RecordKind, id: &str, value: &[u8]) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(kind.table()).map_err(|e| self.store.err("open table", e))?;
+        table.insert(id, value).map_err(|e| self.store.err("insert record", e))?;
+        Ok(())
+    }
+
+    fn remove(&mut self, kind: RecordKind, id: &str) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(kind.table()).map_err(|e| self.store.err("open table", e))?;
+        table.remove(id).map_err(|e| self.store.err("delete record", e))?;
+        Ok(())
+    }
+
+    fn set_setting(&mut self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(SETTINGS).map_err(|e| self.store.err("open settings", e))?;
+        match value {
+            Some(value) => table.insert(key, value).map(drop),
+            None => table.remove(key).map(drop),
+        }
+        .map_err(|e| self.store.err("write setting", e))
     }
 }
 

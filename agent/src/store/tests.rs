@@ -203,3 +203,42 @@ fn records_are_found_by_id_or_unique_prefix() {
     assert_eq!(found("ab"), None, "ambiguous");
     assert_eq!(found("zz"), None);
 }
+
+#[test]
+fn concurrent_updates_of_one_record_are_never_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StateStore::open(dir.path()).expect("open");
+    store.put(&pod("p1")).expect("put");
+    std::thread::scope(|scope| {
+        for thread in 0..4 {
+            let store = &store;
+            scope.spawn(move || {
+                for n in 0..25 {
+                    store
+                        .update::<PodRecord, StoreError>("p1", |pod| {
+                            pod.labels.insert(format!("t{thread}-{n}"), String::new());
+                            Ok(())
+                        })
+                        .expect("update")
+                        .expect("record exists");
+                }
+            });
+        }
+    });
+    let pod = store.get::<PodRecord>("p1").expect("get").expect("pod");
+    assert_eq!(pod.labels.len(), 101, "updates lost");
+    let missing = store.update::<PodRecord, StoreError>("nope", |_| Ok(())).expect("update");
+    assert!(missing.is_none());
+}
+
+#[test]
+fn a_failed_transaction_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StateStore::open(dir.path()).expect("open");
+    let result: Result<(), StoreError> = store.transact(|txn| {
+        txn.put(&pod("p1"))?;
+        Err(StoreError::InUse { path: "/x".into() })
+    });
+    assert!(result.is_err());
+    assert!(store.get::<PodRecord>("p1").expect("get").is_none());
+}
