@@ -32,6 +32,24 @@ pub enum AgentError {
         /// The RPC or option.
         what: String,
     },
+    /// An object with the request's identity exists and the request cannot
+    /// return it.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The client gave up before the RPC could finish what it waited for.
+    #[error("{0}")]
+    Cancelled(String),
+    /// A part of a stored record could not be decoded.
+    #[error("{kind} {id} record is unreadable")]
+    Unreadable {
+        /// "pod sandbox", "container".
+        kind: &'static str,
+        /// Its id.
+        id: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The state store failed.
     #[error("state store")]
     Store(#[from] StoreError),
@@ -57,7 +75,11 @@ pub fn status(error: &AgentError) -> tonic::Status {
         AgentError::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
         AgentError::NotFound { .. } => tonic::Status::not_found(message),
         AgentError::Unsupported { .. } => tonic::Status::unimplemented(message),
-        AgentError::Store(_) | AgentError::Runtime(_) => tonic::Status::internal(message),
+        AgentError::AlreadyExists(_) => tonic::Status::already_exists(message),
+        AgentError::Cancelled(_) => tonic::Status::cancelled(message),
+        AgentError::Store(_) | AgentError::Runtime(_) | AgentError::Unreadable { .. } => {
+            tonic::Status::internal(message)
+        }
         AgentError::Timeout(_) => tonic::Status::deadline_exceeded(message),
         AgentError::Network(e) if e.is_invalid_input() => tonic::Status::invalid_argument(message),
         AgentError::Network(_) => tonic::Status::internal(message),

@@ -9,6 +9,7 @@
 //! [`images`] has the helpers of the image service tests.
 #![warn(missing_docs)]
 
+pub mod containers;
 pub mod images;
 pub mod pod_net;
 pub mod registry;

@@ -7,115 +7,18 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use cri_api::v1::{
-    ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ImageSpec, ListContainersRequest, PodSandboxConfig, PodSandboxMetadata,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
+    ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState, CreateContainerRequest, ImageSpec,
+    ListContainersRequest, RemoveContainerRequest, RemovePodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest,
 };
+use crius_e2e::containers::{create, log_lines, monitors_of, pod_config, run_pod, status, wait_state};
 use crius_e2e::images::ImageEnv;
 use crius_e2e::{Crius, count_processes, mounts_under};
-use tonic::transport::Channel;
 
 /// A registry with the busybox image and a crius that pulled it.
 async fn env(test: &str) -> anyhow::Result<Option<(ImageEnv, String)>> {
     crius_e2e::images::busybox_env(test).await
-}
-
-fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.display().to_string(),
-        // kubelet's default: each container has its own PID namespace.
-        linux: Some(cri_api::v1::LinuxPodSandboxConfig {
-            security_context: Some(cri_api::v1::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri_api::v1::NamespaceOption {
-                    pid: cri_api::v1::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..PodSandboxConfig::default()
-    }
-}
-
-async fn run_pod(rt: &mut RuntimeServiceClient<Channel>, config: &PodSandboxConfig) -> anyhow::Result<String> {
-    let request = RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
-    Ok(rt.run_pod_sandbox(request).await?.into_inner().pod_sandbox_id)
-}
-
-async fn create(
-    rt: &mut RuntimeServiceClient<Channel>,
-    pod: &str,
-    pod_config: &PodSandboxConfig,
-    image: &str,
-    name: &str,
-    script: &str,
-) -> anyhow::Result<String> {
-    let config = ContainerConfig {
-        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
-        image: Some(ImageSpec { image: image.into(), ..ImageSpec::default() }),
-        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}.log"),
-        labels: [("name".to_owned(), name.to_owned())].into(),
-        ..ContainerConfig::default()
-    };
-    let request = CreateContainerRequest {
-        pod_sandbox_id: pod.into(),
-        config: Some(config),
-        sandbox_config: Some(pod_config.clone()),
-    };
-    Ok(rt.create_container(request).await?.into_inner().container_id)
-}
-
-async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> anyhow::Result<cri_api::v1::ContainerStatus> {
-    let request = ContainerStatusRequest { container_id: id.into(), verbose: false };
-    Ok(rt.container_status(request).await?.into_inner().status.expect("status"))
-}
-
-async fn wait_state(
-    rt: &mut RuntimeServiceClient<Channel>,
-    id: &str,
-    state: ContainerState,
-    timeout: Duration,
-) -> anyhow::Result<cri_api::v1::ContainerStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let status = status(rt, id).await?;
-        if status.state == state as i32 {
-            return Ok(status);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "container {id} never reached {state:?}: {status:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `(stream, tag, content)` of every CRI log line.
-fn log_lines(path: &Path) -> Vec<(String, String, String)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let mut parts = line.splitn(4, ' ');
-            let (_time, stream, tag) = (parts.next()?, parts.next()?, parts.next()?);
-            Some((stream.to_owned(), tag.to_owned(), parts.next().unwrap_or("").to_owned()))
-        })
-        .collect()
-}
-
-/// Monitor, init and exec processes of the crius using `run_root`.
-fn monitors_of(run_root: &Path) -> usize {
-    let needle = run_root.display().to_string();
-    count_processes(|cmdline| cmdline.contains("internal") && cmdline.contains(&needle))
 }
 
 #[tokio::test]
@@ -227,24 +130,62 @@ async fn create_container_failures_leave_nothing() -> anyhow::Result<()> {
     let mut rt = env.crius.runtime().await?;
     let pod_config = pod_config("fail", &logs);
     let pod = run_pod(&mut rt, &pod_config).await?;
-    let mut config = ContainerConfig {
+    let config = ContainerConfig {
         metadata: Some(ContainerMetadata { name: "nope".into(), attempt: 0 }),
-        image: Some(ImageSpec { image: image.clone(), ..ImageSpec::default() }),
-        command: vec!["/bin/does-not-exist".into()],
+        image: Some(ImageSpec { image: "127.0.0.1:1/never/pulled:1".into(), ..ImageSpec::default() }),
+        command: vec!["/bin/sh".into()],
         ..ContainerConfig::default()
     };
-    let request = |config: ContainerConfig| CreateContainerRequest {
-        pod_sandbox_id: pod.clone(),
-        config: Some(config),
-        sandbox_config: Some(pod_config.clone()),
-    };
-    let err = rt.create_container(request(config.clone())).await.expect_err("missing binary");
-    assert!(err.message().contains("/bin/does-not-exist"), "{}", err.message());
-    config.image = Some(ImageSpec { image: "127.0.0.1:1/never/pulled:1".into(), ..ImageSpec::default() });
-    let err = rt.create_container(request(config)).await.expect_err("unknown image");
+    let request =
+        CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(config), sandbox_config: Some(pod_config) };
+    let err = rt.create_container(request).await.expect_err("unknown image");
     assert_eq!(err.code(), tonic::Code::NotFound);
     assert!(rt.list_containers(ListContainersRequest::default()).await?.into_inner().containers.is_empty());
     assert_eq!(monitors_of(&env.dirs.run_root), 0);
+    assert!(mounts_under(&env.dirs.run_root.join("rootfs")).is_empty());
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;
+    let _ = image;
+    Ok(())
+}
+
+/// As with containerd and runc: a program that does not exist is a start
+/// error. CreateContainer succeeds, StartContainer fails with why, and the
+/// container is EXITED with code 128 and reason StartError, then removable.
+#[tokio::test]
+async fn a_missing_program_fails_the_start_not_the_create() -> anyhow::Result<()> {
+    let Some((env, image)) = env("a_missing_program_fails_the_start_not_the_create").await? else { return Ok(()) };
+    let logs = env.dirs.temp.path().join("logs");
+    let mut rt = env.crius.runtime().await?;
+    let pod_config = pod_config("nostart", &logs);
+    let pod = run_pod(&mut rt, &pod_config).await?;
+    for program in ["/bin/does-not-exist", "not-in-path"] {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata { name: program.trim_start_matches('/').replace('/', "-"), attempt: 0 }),
+            image: Some(ImageSpec { image: image.clone(), ..ImageSpec::default() }),
+            command: vec![program.into()],
+            log_path: "nostart.log".into(),
+            ..ContainerConfig::default()
+        };
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        };
+        let id = rt.create_container(request).await?.into_inner().container_id;
+        assert_eq!(status(&mut rt, &id).await?.state, ContainerState::ContainerCreated as i32);
+        let err = rt.start_container(StartContainerRequest { container_id: id.clone() }).await.expect_err(program);
+        assert!(err.message().contains(program), "{program}: {}", err.message());
+        let exited = status(&mut rt, &id).await?;
+        assert_eq!(exited.state, ContainerState::ContainerExited as i32, "{exited:?}");
+        assert_eq!((exited.exit_code, exited.reason.as_str()), (128, "StartError"), "{exited:?}");
+        assert!(exited.message.contains(program), "{exited:?}");
+        assert!(exited.finished_at > 0, "{exited:?}");
+        let again = rt.start_container(StartContainerRequest { container_id: id.clone() }).await;
+        assert_eq!(again.expect_err("exited").code(), tonic::Code::InvalidArgument);
+        rt.remove_container(RemoveContainerRequest { container_id: id }).await?;
+    }
+    assert!(rt.list_containers(ListContainersRequest::default()).await?.into_inner().containers.is_empty());
+    assert_eq!(monitors_of(&env.dirs.run_root), 0, "no monitor or init left");
     assert!(mounts_under(&env.dirs.run_root.join("rootfs")).is_empty());
     rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;
     Ok(())

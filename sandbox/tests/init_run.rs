@@ -79,6 +79,8 @@ fn spec(fx: &Fixture, ns: NamespaceSpec, args: &[&str]) -> ContainerSpec {
 struct Outcome {
     /// The readiness byte came.
     ready: bool,
+    /// Init reported ready with a start error: why.
+    start_error: Option<String>,
     output: Output,
 }
 
@@ -122,10 +124,15 @@ fn run_container(fx: &Fixture, spec: &ContainerSpec, before_start: impl FnOnce()
         .expect("spawn child");
     drop(ready_w);
     let (cancel, watchdog) = watchdog(&child);
-    let mut byte = [1u8; 1];
-    let ready = File::from(ready_r).read(&mut byte).expect("read readiness") == 1;
+    let mut report = Vec::new();
+    File::from(ready_r).read_to_end(&mut report).expect("read readiness");
+    let ready = !report.is_empty();
+    let start_error = (report.first() == Some(&crius_sandbox::ns::init::START_ERROR_MARK))
+        .then(|| String::from_utf8_lossy(&report[1..]).into_owned());
     if ready {
-        assert_eq!(byte, [0], "readiness byte");
+        if start_error.is_none() {
+            assert_eq!(report, [0], "readiness byte");
+        }
         let start: &[u8] = if before_start() { b"s" } else { b"" };
         let fifo = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(fx.bundle.join("start"));
         fifo.and_then(|mut f| f.write_all(start)).expect("write the start fifo");
@@ -133,7 +140,7 @@ fn run_container(fx: &Fixture, spec: &ContainerSpec, before_start: impl FnOnce()
     let output = child.wait_with_output().expect("wait for child");
     drop(cancel);
     watchdog.join().expect("watchdog");
-    let outcome = Outcome { ready, output };
+    let outcome = Outcome { ready, start_error, output };
     println!("--- child {:?}\n--- stdout\n{}--- stderr\n{}", outcome.output.status, outcome.stdout(), outcome.stderr());
     assert_eq!(fx.host_mounts(), Vec::<String>::new(), "mounts left on the host");
     outcome
@@ -277,19 +284,37 @@ fn init_run_failures_are_reported() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let pinned = PinnedNs::start();
-    let cases: [(&str, &[&str], Option<&str>); 3] = [
-        ("exec /bin/nope: No such file or directory", &["/bin/nope"], None),
-        ("exec nope: executable file not found in PATH /usr/bin:/bin", &["nope"], None),
-        ("sysctl vm.swappiness: not a namespaced sysctl", &["true"], Some("vm.swappiness")),
+    let fx = Fixture::new();
+    let mut spec = spec(&fx, pinned.spec(), &["true"]);
+    spec.sysctls.insert("vm.swappiness".to_owned(), "10".to_owned());
+    let outcome = run_container(&fx, &spec, || true);
+    assert!(!outcome.ready, "a failed set-up is not reported ready");
+    assert!(!outcome.output.status.success(), "exit status");
+    let message = "sysctl vm.swappiness: not a namespaced sysctl";
+    assert!(outcome.stderr().contains(message), "stderr lacks {message:?}");
+}
+
+/// A program that does not exist is not a set-up failure: init reports
+/// ready with the start error, waits for the start and exits 128 (the
+/// monitor records why; StartContainer fails with it).
+#[test]
+fn missing_programs_are_start_errors() {
+    if !require_root("missing_programs_are_start_errors") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let pinned = PinnedNs::start();
+    let cases: [(&str, &[&str]); 2] = [
+        ("exec /bin/nope: No such file or directory", &["/bin/nope"]),
+        ("exec nope: executable file not found in PATH /usr/bin:/bin", &["nope"]),
     ];
-    for (message, args, sysctl) in cases {
+    for (message, args) in cases {
         let fx = Fixture::new();
-        let mut spec = spec(&fx, pinned.spec(), args);
-        spec.sysctls.extend(sysctl.map(|k| (k.to_owned(), "10".to_owned())));
+        let spec = spec(&fx, pinned.spec(), args);
         let outcome = run_container(&fx, &spec, || true);
-        assert!(!outcome.ready, "{message}: reported ready");
-        assert!(!outcome.output.status.success(), "{message}: exit status");
-        assert!(outcome.stderr().contains(message), "stderr lacks {message:?}");
+        let start_error = outcome.start_error.as_deref().unwrap_or_else(|| panic!("{message}: no start error"));
+        assert!(start_error.contains(message), "start error {start_error:?} lacks {message:?}");
+        assert_eq!(outcome.output.status.code(), Some(128), "{message}: exit status");
     }
 }
 

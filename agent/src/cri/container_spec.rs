@@ -33,20 +33,21 @@ pub struct ImageDefaults {
 }
 
 impl ImageDefaults {
-    /// Reads them from an image config JSON.
-    pub fn from_config_json(json: &[u8]) -> Self {
-        let value: serde_json::Value = serde_json::from_slice(json).unwrap_or(serde_json::Value::Null);
+    /// Reads them from an image config JSON (one without a `config`
+    /// section has no defaults); JSON that does not parse is an error.
+    pub fn from_config_json(json: &[u8]) -> Result<Self, String> {
+        let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
         let config = &value["config"];
         let strings = |v: &serde_json::Value| -> Vec<String> {
             v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default()
         };
-        Self {
+        Ok(Self {
             entrypoint: strings(&config["Entrypoint"]),
             cmd: strings(&config["Cmd"]),
             env: strings(&config["Env"]),
             working_dir: config["WorkingDir"].as_str().unwrap_or_default().to_owned(),
             user: config["User"].as_str().unwrap_or_default().to_owned(),
-        }
+        })
     }
 }
 
@@ -103,7 +104,7 @@ pub fn build(config: &ContainerConfig, inputs: &SpecInputs<'_>) -> Result<Contai
 
     let process = ProcessSpec {
         args: args(config, inputs.image)?,
-        env: env(config, inputs.image),
+        env: env(config, inputs.image, &pod_hostname(inputs.hostname)),
         cwd: cwd(config, inputs.image),
         user: user(&security, inputs.image, inputs.rootfs)?,
         terminal: config.tty,
@@ -147,20 +148,34 @@ fn args(config: &ContainerConfig, image: &ImageDefaults) -> Result<Vec<String>, 
     Ok(args)
 }
 
-/// The image's environment, then CRI's (a CRI key replaces the image's).
-fn env(config: &ContainerConfig, image: &ImageDefaults) -> Vec<String> {
+/// The image's environment, then `HOSTNAME` (the pod's hostname, as
+/// containerd and CRI-O set it), then CRI's: a later key replaces an
+/// earlier one.
+fn env(config: &ContainerConfig, image: &ImageDefaults, hostname: &str) -> Vec<String> {
     let mut env: Vec<String> = image.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, DEFAULT_PATH.to_owned());
     }
+    let set = |env: &mut Vec<String>, key: &str, entry: String| match env
+        .iter_mut()
+        .find(|e| e.split_once('=').is_some_and(|(k, _)| k == key))
+    {
+        Some(existing) => *existing = entry,
+        None => env.push(entry),
+    };
+    set(&mut env, "HOSTNAME", format!("HOSTNAME={hostname}"));
     for kv in &config.envs {
-        let entry = format!("{}={}", kv.key, String::from_utf8_lossy(&kv.value));
-        match env.iter_mut().find(|e| e.split_once('=').is_some_and(|(k, _)| k == kv.key)) {
-            Some(existing) => *existing = entry,
-            None => env.push(entry),
-        }
+        set(&mut env, &kv.key, format!("{}={}", kv.key, String::from_utf8_lossy(&kv.value)));
     }
     env
+}
+
+/// The pod's hostname; a pod without one (host network) has the node's.
+fn pod_hostname(requested: &str) -> String {
+    if !requested.is_empty() {
+        return requested.to_owned();
+    }
+    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 fn cwd(config: &ContainerConfig, image: &ImageDefaults) -> String {
@@ -213,17 +228,20 @@ fn user(
             .or_else(|| group_by_name(&group, group_name))
             .ok_or_else(|| invalid(format!("group {group_name:?} is not in the image's /etc/group")))?,
     };
-    // Merge (the default) adds the groups the image's /etc/group gives the
-    // user; Strict only the ones the request lists.
+    // The primary group is a supplementary group too (as runc, crun and
+    // containerd set it: `id` lists it). Merge (the default) adds the groups
+    // the image's /etc/group gives the user; Strict only the ones the
+    // request lists.
     let strict = security.supplemental_groups_policy == SupplementalGroupsPolicy::Strict as i32;
-    let mut additional_gids: Vec<u32> =
-        if strict { Vec::new() } else { name.map(|n| groups_of(&group, &n)).unwrap_or_default() };
+    let mut additional_gids: Vec<u32> = vec![gid];
+    if !strict {
+        additional_gids.extend(name.map(|n| groups_of(&group, &n)).unwrap_or_default());
+    }
     for extra in &security.supplemental_groups {
         if let Ok(extra) = u32::try_from(*extra) {
             additional_gids.push(extra);
         }
     }
-    additional_gids.retain(|g| *g != gid);
     additional_gids.sort_unstable();
     additional_gids.dedup();
     Ok(UserSpec { uid, gid, additional_gids })
@@ -328,6 +346,23 @@ fn seccomp(security: &LinuxContainerSecurityContext) -> Result<SeccompProfile, A
     }
 }
 
+/// Checks the request's mounts and devices before anything is made: host
+/// paths must be absolute (a relative one would be resolved against crius's
+/// own working directory).
+pub fn check_mounts(config: &ContainerConfig) -> Result<(), AgentError> {
+    mounts(config)?;
+    for device in &config.devices {
+        for (field, path) in
+            [("config.devices.host_path", &device.host_path), ("config.devices.container_path", &device.container_path)]
+        {
+            if !Path::new(path).is_absolute() {
+                return Err(AgentError::InvalidArgument { field, reason: format!("{path:?} is not an absolute path") });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn mounts(config: &ContainerConfig) -> Result<Vec<MountSpec>, AgentError> {
     config
         .mounts
@@ -340,6 +375,12 @@ fn mounts(config: &ContainerConfig) -> Result<Vec<MountSpec>, AgentError> {
                 return Err(AgentError::InvalidArgument {
                     field: "config.mounts",
                     reason: "container_path and host_path are required".into(),
+                });
+            }
+            if !Path::new(&m.host_path).is_absolute() {
+                return Err(AgentError::InvalidArgument {
+                    field: "config.mounts.host_path",
+                    reason: format!("{:?} is not an absolute path", m.host_path),
                 });
             }
             let propagation = match MountPropagation::try_from(m.propagation) {

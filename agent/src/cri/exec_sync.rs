@@ -6,6 +6,7 @@
 //! it, so a timeout kills the helper and with it the command.
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cri_api::v1::{ExecSyncRequest, ExecSyncResponse};
@@ -20,18 +21,31 @@ use crate::error::AgentError;
 const MAX_OUTPUT: usize = 16 << 20;
 
 /// Runs the command; its exit code, stdout and stderr come back.
-pub async fn exec_sync(state: &AgentState, request: ExecSyncRequest) -> Result<ExecSyncResponse, AgentError> {
+pub async fn exec_sync(state: Arc<AgentState>, request: ExecSyncRequest) -> Result<ExecSyncResponse, AgentError> {
     if request.cmd.is_empty() {
         return Err(AgentError::InvalidArgument { field: "cmd", reason: "empty command".into() });
     }
-    let bundle = running_bundle(state, &request.container_id)?;
-    let file = bundle.join(format!("exec-{}.json", super::pods::new_id()?));
-    let exec = ExecRequest { args: request.cmd.clone(), env_extra: Vec::new(), tty: false };
-    let json = serde_json::to_vec(&exec).map_err(|e| AgentError::Runtime(format!("encode exec request: {e}")))?;
-    std::fs::write(&file, json).map_err(|e| AgentError::Runtime(format!("write {}: {e}", file.display())))?;
-    let result = run_helper(&bundle, &file, request.timeout).await;
-    let _ = std::fs::remove_file(&file);
+    let timeout = request.timeout;
+    // The store (which may commit a container's exit) and the filesystem
+    // are used on a blocking thread, never on the async workers.
+    let (bundle, file) = blocking(move || {
+        let bundle = running_bundle(&state, &request.container_id)?;
+        let file = bundle.join(format!("exec-{}.json", super::pods::new_id()?));
+        let exec = ExecRequest { args: request.cmd, env_extra: Vec::new(), tty: false };
+        let json = serde_json::to_vec(&exec).map_err(|e| AgentError::Runtime(format!("encode exec request: {e}")))?;
+        std::fs::write(&file, json).map_err(|e| AgentError::Runtime(format!("write {}: {e}", file.display())))?;
+        Ok((bundle, file))
+    })
+    .await?;
+    let result = run_helper(&bundle, &file, timeout).await;
+    let _ = tokio::fs::remove_file(&file).await;
     result
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| AgentError::Runtime(format!("exec task failed: {e}")))?
 }
 
 async fn run_helper(

@@ -6,11 +6,14 @@
 //! default, which the boundary layer turns into an `Unimplemented` status that
 //! names the RPC.
 
+pub mod cancel;
 pub mod container_spec;
 pub mod containers;
 pub mod exec_sync;
 pub mod ids;
 pub mod images;
+pub mod locks;
+pub mod lookup;
 pub mod pods;
 pub mod resources;
 mod runtime_config;
@@ -60,11 +63,10 @@ pub struct AgentState {
     /// garbage collection holds it exclusively, so it never deletes what a
     /// pull has fetched but not yet recorded.
     pub image_gc: tokio::sync::RwLock<()>,
-    /// Serialises pod creation and removal, so a retried RunPodSandbox finds
-    /// the first one's record.
-    pub pod_lock: std::sync::Mutex<()>,
-    /// The host's cgroup layout; `None` where none could be detected.
-    pub cgroup_mode: Option<crius_sandbox::cgroups::CgroupMode>,
+    /// Per pod and per container locks (see [`locks`]).
+    pub locks: locks::KeyedLocks,
+    /// The host's cgroup layout, or why none could be detected.
+    pub cgroup_mode: Result<crius_sandbox::cgroups::CgroupMode, String>,
     /// Previous cpu samples, for cpu usage rates.
     pub cpu_samples: stats::CpuSamples,
     /// Recently measured writable-layer usage.
@@ -78,13 +80,10 @@ pub struct AgentState {
 impl AgentState {
     /// Bundles the config and the opened stores.
     pub fn new(config: Config, store: StateStore, images: ImageStore) -> Self {
-        let cgroup_mode = match crius_sandbox::cgroups::detect_host() {
-            Ok(mode) => Some(mode),
-            Err(e) => {
-                tracing::warn!(error = %crate::error::chain(&e), "no cgroup hierarchy found; pods get no cgroups");
-                None
-            }
-        };
+        let cgroup_mode = crius_sandbox::cgroups::detect_host().map_err(|e| crate::error::chain(&e));
+        if let Err(why) = &cgroup_mode {
+            tracing::error!(error = %why, "no usable cgroup hierarchy: pods cannot run (Status reports RuntimeReady false)");
+        }
         let pod_cidrs = store.setting(runtime_config::POD_CIDR_SETTING).ok().flatten();
         let network = crate::network::PodNetwork::open(&config, pod_cidrs.as_deref());
         Self {
@@ -94,11 +93,18 @@ impl AgentState {
             store,
             images,
             image_gc: tokio::sync::RwLock::new(()),
-            pod_lock: std::sync::Mutex::new(()),
+            locks: locks::KeyedLocks::default(),
             cgroup_mode,
             cpu_samples: stats::CpuSamples::default(),
             writable_usage: stats::WritableUsage::default(),
         }
+    }
+}
+
+impl AgentState {
+    /// The host's cgroup layout, or why pods cannot have cgroups here.
+    pub fn cgroups(&self) -> Result<&crius_sandbox::cgroups::CgroupMode, AgentError> {
+        self.cgroup_mode.as_ref().map_err(|why| AgentError::Runtime(format!("no usable cgroup hierarchy: {why}")))
     }
 }
 
@@ -150,6 +156,44 @@ impl CriService {
         let state = Arc::clone(&self.state);
         let span = tracing::Span::current();
         let joined = tokio::task::spawn_blocking(move || span.in_scope(|| handler(&state, request))).await;
+        match joined {
+            Ok(result) => result.map(Response::new).map_err(Status::from),
+            Err(e) => Err(Status::internal(format!("handler task failed: {e}"))),
+        }
+    }
+
+    /// [`Self::blocking`] for a handler that may abandon what it waits for
+    /// once the client gave up: the client reset the stream (this future is
+    /// dropped) or the deadline it sent passed.
+    async fn cancellable<Req, Resp>(
+        &self,
+        request: Request<Req>,
+        handler: fn(&AgentState, Req, &cancel::Cancel) -> Result<Resp, AgentError>,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: ids::RequestIds + Send + 'static,
+        Resp: Send + 'static,
+    {
+        let deadline = cancel::grpc_timeout(request.metadata());
+        let request = request.into_inner();
+        ids::record(&request);
+        let state = Arc::clone(&self.state);
+        let span = tracing::Span::current();
+        let token = cancel::Cancel::default();
+        let guard = token.on_drop();
+        let handler_token = token.clone();
+        let mut task = tokio::task::spawn_blocking(move || span.in_scope(|| handler(&state, request, &handler_token)));
+        let joined = match deadline {
+            Some(deadline) => match tokio::time::timeout(deadline, &mut task).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    token.cancel();
+                    task.await
+                }
+            },
+            None => task.await,
+        };
+        guard.disarm();
         match joined {
             Ok(result) => result.map(Response::new).map_err(Status::from),
             Err(e) => Err(Status::internal(format!("handler task failed: {e}"))),
@@ -227,7 +271,7 @@ impl RuntimeService for CriService {
         &self,
         request: Request<StopContainerRequest>,
     ) -> Result<Response<StopContainerResponse>, Status> {
-        self.blocking(request, containers::stop_container).await
+        self.cancellable(request, containers::stop_container).await
     }
 
     async fn remove_container(
@@ -269,7 +313,7 @@ impl RuntimeService for CriService {
     async fn exec_sync(&self, request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
         let request = request.into_inner();
         ids::record(&request);
-        exec_sync::exec_sync(&self.state, request).await.map(Response::new).map_err(Status::from)
+        exec_sync::exec_sync(Arc::clone(&self.state), request).await.map(Response::new).map_err(Status::from)
     }
 
     async fn update_container_resources(

@@ -58,7 +58,9 @@ pub struct PodNetworkDetails {
 }
 
 /// Creates a pod sandbox, or returns the one kubelet already created with the
-/// same metadata (a retry after a timeout).
+/// same metadata (a retry after a timeout) while it is ready. A pod with the
+/// same metadata that is no longer ready is an error: kubelet makes a new
+/// attempt for a pod whose sandbox stopped.
 pub fn run_pod_sandbox(state: &AgentState, request: RunPodSandboxRequest) -> Result<RunPodSandboxResponse, AgentError> {
     let config = request.config.unwrap_or_default();
     let metadata = validate_metadata(config.metadata.as_ref())?;
@@ -71,41 +73,117 @@ pub fn run_pod_sandbox(state: &AgentState, request: RunPodSandboxRequest) -> Res
             ),
         });
     }
-    let _serial = state.pod_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(existing) = find_by_metadata(state, metadata)? {
-        if existing.state != PodState::Creating {
-            tracing::info!(pod_id = %existing.id, "RunPodSandbox retried: returning the existing sandbox");
-            return Ok(RunPodSandboxResponse { pod_sandbox_id: existing.id });
+    let plan = PodPlan::check(state, &config)?;
+    let key = format!("pod {}/{}/{}/{}", metadata.namespace, metadata.name, metadata.uid, metadata.attempt);
+    state.locks.exclusive(&key, || {
+        if let Some(existing) = find_by_metadata(state, metadata)? {
+            match existing.state {
+                PodState::Ready => {
+                    tracing::info!(pod_id = %existing.id, "RunPodSandbox retried: returning the existing sandbox");
+                    return Ok(RunPodSandboxResponse { pod_sandbox_id: existing.id });
+                }
+                PodState::NotReady => {
+                    return Err(AgentError::AlreadyExists(format!(
+                        "pod sandbox {}/{} (uid {}, attempt {}) exists as {} and is not ready: remove it, or run a new attempt",
+                        metadata.namespace, metadata.name, metadata.uid, metadata.attempt, existing.id
+                    )));
+                }
+                // A half-made pod (a crash during creation): clean it and start over.
+                PodState::Creating => teardown_or_mark(state, &existing)?,
+            }
         }
-        // A half-made pod (a crash during creation): clean it and start over.
-        teardown(state, &existing)?;
+        create(state, &request.runtime_handler, &config, metadata, &plan)
+    })
+}
+
+/// What RunPodSandbox will make, checked before anything is.
+struct PodPlan {
+    modes: [i32; 3],
+    spec_namespaces: PodNamespaces,
+    sysctls: BTreeMap<String, String>,
+    ports: Vec<PortMapping>,
+    limits: Option<cri_api::v1::LinuxContainerResources>,
+    /// The pod cgroup's parent and leaf, relative to the hierarchy roots;
+    /// the leaf is completed with the pod id.
+    cgroup_parent: String,
+}
+
+impl PodPlan {
+    fn check(state: &AgentState, config: &PodSandboxConfig) -> Result<Self, AgentError> {
+        state.cgroups()?;
+        if !config.log_directory.is_empty() {
+            check_absolute("config.log_directory", &config.log_directory)?;
+        }
+        let modes = namespace_modes(config);
+        let own = |mode: i32| mode != NamespaceMode::Node as i32;
+        let spec_namespaces = PodNamespaces {
+            net: own(modes[0]),
+            ipc: own(modes[2]),
+            uts: own(modes[0]),
+            pid: modes[1] == NamespaceMode::Pod as i32,
+        };
+        let sysctls: BTreeMap<String, String> =
+            config.linux.as_ref().map(|l| l.sysctls.clone().into_iter().collect()).unwrap_or_default();
+        pod::check_sysctls(&sysctls, spec_namespaces)
+            .map_err(|e| AgentError::InvalidArgument { field: "config.linux.sysctls", reason: e.to_string() })?;
+        let ports = crate::network::host_port_mappings(&config.port_mappings)?;
+        let linux = config.linux.as_ref();
+        let limits = super::resources::pod_resources(
+            linux.and_then(|l| l.resources.as_ref()),
+            linux.and_then(|l| l.overhead.as_ref()),
+        );
+        if let Some(limits) = &limits {
+            super::resources::validate(limits, "config.linux.resources")?;
+        }
+        let parent = linux.map(|l| l.cgroup_parent.trim_matches('/').to_owned()).unwrap_or_default();
+        // Checked now with a placeholder id; computed again with the real one.
+        pod_cgroup_location(state.config.runtime.cgroup_driver, &parent, "0")?;
+        Ok(Self { modes, spec_namespaces, sysctls, ports, limits, cgroup_parent: parent })
     }
+
+    /// The pod cgroup's path relative to the hierarchy roots.
+    fn cgroup_path(&self, state: &AgentState, id: &str) -> Result<(String, String), AgentError> {
+        pod_cgroup_location(state.config.runtime.cgroup_driver, &self.cgroup_parent, id)
+    }
+}
+
+/// Records the pod as `Creating` (with where its cgroup goes), then makes
+/// it; every step is undone when a later one fails.
+fn create(
+    state: &AgentState,
+    handler: &str,
+    config: &PodSandboxConfig,
+    metadata: &PodSandboxMetadata,
+    plan: &PodPlan,
+) -> Result<RunPodSandboxResponse, AgentError> {
     let id = new_id()?;
     tracing::Span::current().record("pod_id", id.as_str());
-    let modes = namespace_modes(&config);
+    let (cgroup_parent, cgroup_leaf) = plan.cgroup_path(state, &id)?;
+    let mut details = PodDetails {
+        hostname: config.hostname.clone(),
+        log_directory: config.log_directory.clone(),
+        namespace_modes: plan.modes,
+        cgroup: Some(format!("{cgroup_parent}/{cgroup_leaf}")),
+        paths: None,
+        network: None,
+    };
     let mut record = PodRecord {
         id: id.clone(),
         name: metadata.name.clone(),
         namespace: metadata.namespace.clone(),
         uid: metadata.uid.clone(),
         attempt: metadata.attempt,
-        runtime_handler: request.runtime_handler.clone(),
+        runtime_handler: handler.to_owned(),
         state: PodState::Creating,
         created_at_ns: now_ns(),
         labels: config.labels.clone().into_iter().collect(),
         annotations: config.annotations.clone().into_iter().collect(),
-        config: details_json(&PodDetails {
-            hostname: config.hostname.clone(),
-            log_directory: config.log_directory.clone(),
-            namespace_modes: modes,
-            cgroup: None,
-            paths: None,
-            network: None,
-        })?,
+        config: details_json(&details)?,
+        problem: String::new(),
     };
     state.store.put(&record)?;
-    match build_pod(state, &id, &config, modes) {
-        Ok(details) => {
+    match build_pod(state, &id, config, plan, &mut details, (&cgroup_parent, &cgroup_leaf)) {
+        Ok(()) => {
             record.config = details_json(&details)?;
             record.state = PodState::Ready;
             state.store.put(&record)?;
@@ -113,7 +191,8 @@ pub fn run_pod_sandbox(state: &AgentState, request: RunPodSandboxRequest) -> Res
             Ok(RunPodSandboxResponse { pod_sandbox_id: id })
         }
         Err(e) => {
-            if let Err(cleanup) = teardown(state, &record) {
+            record.config = details_json(&details)?;
+            if let Err(cleanup) = teardown_or_mark(state, &record) {
                 tracing::error!(pod_id = %id, error = %crate::error::chain(&cleanup), "cleanup after a failed RunPodSandbox failed");
             }
             Err(e)
@@ -121,60 +200,42 @@ pub fn run_pod_sandbox(state: &AgentState, request: RunPodSandboxRequest) -> Res
     }
 }
 
-/// Makes the pod's namespaces, files and cgroup.
+/// Makes the pod's namespaces, files, cgroup and network, filling `details`
+/// as each exists (so that a failure tears down exactly what was made).
 fn build_pod(
     state: &AgentState,
     id: &str,
     config: &PodSandboxConfig,
-    modes: [i32; 3],
-) -> Result<PodDetails, AgentError> {
-    let own = |mode: i32| mode != NamespaceMode::Node as i32;
+    plan: &PodPlan,
+    details: &mut PodDetails,
+    (cgroup_parent, cgroup_leaf): (&str, &str),
+) -> Result<(), AgentError> {
     let dns = config.dns_config.clone().unwrap_or_default();
     let spec = PodSpec {
         id: id.to_owned(),
         hostname: config.hostname.clone(),
         dns: DnsSpec { servers: dns.servers, searches: dns.searches, options: dns.options },
-        namespaces: PodNamespaces {
-            net: own(modes[0]),
-            ipc: own(modes[2]),
-            uts: own(modes[0]),
-            pid: modes[1] == NamespaceMode::Pod as i32,
-        },
-        sysctls: config.linux.as_ref().map(|l| l.sysctls.clone().into_iter().collect()).unwrap_or_default(),
+        namespaces: plan.spec_namespaces,
+        sysctls: plan.sysctls.clone(),
     };
-    pod::check_sysctls(&spec.sysctls, spec.namespaces)
-        .map_err(|e| AgentError::InvalidArgument { field: "config.linux.sysctls", reason: e.to_string() })?;
-    let ports = crate::network::host_port_mappings(&config.port_mappings)?;
+    let manager = CgroupManager::new(state.cgroups()?.clone(), cgroup_parent).map_err(runtime_err)?;
+    match &plan.limits {
+        // The same limits kubelet gives the pod cgroup it made, or crius's own.
+        Some(limits) => {
+            super::resources::create_cgroup(state, &manager.full_path(cgroup_leaf).map_err(runtime_err)?, Some(limits))?
+        }
+        None => {
+            manager.create(cgroup_leaf).map_err(runtime_err)?;
+        }
+    }
     let self_exe = std::env::current_exe().map_err(|e| AgentError::Runtime(format!("locate crius binary: {e}")))?;
     let paths = pod::create_pod(&state.config.run_root, &spec, &self_exe).map_err(runtime_err)?;
-    let cgroup = match create_pod_cgroup(state, id, config) {
-        Ok(cgroup) => cgroup,
-        Err(e) => {
-            let _ = pod::destroy_pod(&state.config.run_root, id);
-            return Err(e);
-        }
-    };
-    let network = match paths.net.as_deref().filter(|_| spec.namespaces.net) {
-        Some(netns) => match attach_network(state, id, config, netns, &ports) {
-            Ok(ips) => Some(PodNetworkDetails { ips, ports, attached: true }),
-            Err(e) => {
-                let _ = pod::destroy_pod(&state.config.run_root, id);
-                if let (Some(mode), Some(path)) = (state.cgroup_mode.clone(), &cgroup) {
-                    let _ = crius_sandbox::cgroups::Cgroup::open(&mode, path).and_then(|c| c.delete());
-                }
-                return Err(e);
-            }
-        },
-        None => None,
-    };
-    Ok(PodDetails {
-        hostname: config.hostname.clone(),
-        log_directory: config.log_directory.clone(),
-        namespace_modes: modes,
-        cgroup,
-        paths: Some(paths),
-        network,
-    })
+    details.paths = Some(paths.clone());
+    if let Some(netns) = paths.net.as_deref().filter(|_| spec.namespaces.net) {
+        let ips = attach_network(state, id, config, netns, &plan.ports)?;
+        details.network = Some(PodNetworkDetails { ips, ports: plan.ports.clone(), attached: true });
+    }
+    Ok(())
 }
 
 /// Connects the pod's network namespace to the pod network.
@@ -190,35 +251,6 @@ fn attach_network(
     let pod = CniPod { id, name: &metadata.name, namespace: &metadata.namespace, uid: &metadata.uid };
     let dns = CniDns { servers: dns.servers, searches: dns.searches, options: dns.options };
     state.network.attach(&pod, netns, ports, &dns)
-}
-
-/// The pod's cgroup: kubelet's `cgroup_parent` when given, else
-/// `crius/pod-<id>` (`crius.slice/crius-pod<id>.slice` with the systemd
-/// driver). Returns its path relative to the hierarchy roots.
-fn create_pod_cgroup(state: &AgentState, id: &str, config: &PodSandboxConfig) -> Result<Option<String>, AgentError> {
-    let Some(mode) = state.cgroup_mode.clone() else { return Ok(None) };
-    let parent = config.linux.as_ref().map(|l| l.cgroup_parent.trim_matches('/').to_owned()).unwrap_or_default();
-    let (manager_parent, rel) = pod_cgroup_location(state.config.runtime.cgroup_driver, &parent, id)?;
-    let manager = CgroupManager::new(mode, &manager_parent).map_err(runtime_err)?;
-    let full = manager.full_path(&rel).map_err(runtime_err)?;
-    let linux = config.linux.as_ref();
-    let limits = super::resources::pod_resources(
-        linux.and_then(|l| l.resources.as_ref()),
-        linux.and_then(|l| l.overhead.as_ref()),
-    );
-    match limits {
-        // The same limits kubelet gives the pod cgroup it made, or crius's own.
-        Some(limits) => super::resources::create_cgroup(state, &full, Some(&limits)).map_err(|e| match e {
-            AgentError::InvalidArgument { reason, .. } => {
-                AgentError::InvalidArgument { field: "config.linux.resources", reason }
-            }
-            other => other,
-        })?,
-        None => {
-            manager.create(&rel).map_err(runtime_err)?;
-        }
-    }
-    Ok(Some(full))
 }
 
 /// Where a pod's cgroup goes: (parent, leaf), relative to the hierarchy
@@ -238,46 +270,93 @@ fn pod_cgroup_location(driver: CgroupDriver, parent: &str, id: &str) -> Result<(
     })
 }
 
-/// Removes whatever exists of a pod: namespaces, files, cgroup, record.
+/// Removes whatever exists of a pod: containers, network, namespaces,
+/// files, cgroup, record. A record whose details cannot be read is not
+/// torn down as if it had nothing: that is an error.
 fn teardown(state: &AgentState, record: &PodRecord) -> Result<(), AgentError> {
+    let details = details(record)?;
     super::containers::remove_all(state, &record.id)?;
     state.network.detach(&record.id)?;
     pod::destroy_pod(&state.config.run_root, &record.id).map_err(runtime_err)?;
-    if let (Some(mode), Some(cgroup)) = (state.cgroup_mode.clone(), details(record).and_then(|d| d.cgroup)) {
-        let cgroup = crius_sandbox::cgroups::Cgroup::open(&mode, &cgroup).map_err(runtime_err)?;
+    if let Some(cgroup) = details.cgroup {
+        let cgroup = crius_sandbox::cgroups::Cgroup::open(state.cgroups()?, &cgroup).map_err(runtime_err)?;
         cgroup.delete().map_err(runtime_err)?;
     }
     state.store.delete::<PodRecord>(&record.id)?;
     Ok(())
 }
 
-/// At start: removes pods a crash left half-made, and marks NOTREADY the pods
-/// whose namespaces are gone (after a reboot `run_root` is empty).
+/// Tears the pod down; when that fails, the record stays (NOTREADY) with
+/// why, for the next RemovePodSandbox to retry.
+fn teardown_or_mark(state: &AgentState, record: &PodRecord) -> Result<(), AgentError> {
+    teardown(state, record).inspect_err(|e| {
+        let problem = crate::error::chain(e);
+        tracing::warn!(pod_id = %record.id, problem = %problem, "pod sandbox cleanup failed");
+        let _ = state.store.update::<PodRecord, AgentError>(&record.id, |r| {
+            r.state = PodState::NotReady;
+            r.problem.clone_from(&problem);
+            Ok(())
+        });
+    })
+}
+
+/// At start: rolls back pods a crash left half-made, marks NOTREADY the pods
+/// whose namespaces are gone (after a reboot `run_root` is empty), removes
+/// containers whose creation was interrupted, and puts the network back for
+/// every pod still attached. Each pod is handled on its own: one that cannot
+/// be recovered is left NOTREADY with why, and the others still are.
 pub fn recover(state: &AgentState) -> Result<(), AgentError> {
-    for mut record in state.store.list::<PodRecord>()? {
-        if record.state == PodState::Creating {
-            tracing::info!(pod_id = %record.id, "removing a pod sandbox whose creation was interrupted");
-            teardown(state, &record)?;
-            continue;
-        }
-        let pinned = details(&record).and_then(|d| d.paths).map(|p| [p.net, p.ipc, p.uts]);
-        let intact = pinned.is_some_and(|files| files.iter().flatten().all(|f| f.exists()));
-        if record.state == PodState::Ready && !intact {
-            tracing::warn!(pod_id = %record.id, "pod namespaces are gone (reboot?): marking the sandbox NOTREADY");
-            record.state = PodState::NotReady;
-            state.store.put(&record)?;
+    let mut failed = 0;
+    for record in state.store.list::<PodRecord>()? {
+        if let Err(e) = recover_pod(state, &record) {
+            failed += 1;
+            tracing::error!(pod_id = %record.id, error = %crate::error::chain(&e), "pod sandbox not recovered");
         }
     }
-    let attached: Vec<AttachedPod> = state
-        .store
-        .list::<PodRecord>()?
+    let pods = state.store.list::<PodRecord>()?;
+    failed += super::containers::recover(state, &pods)?;
+    let attached: Vec<AttachedPod> = pods
         .iter()
         .filter_map(|record| {
-            let network = details(record)?.network.filter(|n| n.attached)?;
+            let network = details(record).ok()?.network.filter(|n| n.attached)?;
             Some(AttachedPod { id: record.id.clone(), ips: network.ips, ports: network.ports })
         })
         .collect();
     state.network.restore(&attached);
+    if failed > 0 {
+        tracing::warn!(failed, "recovery at start left pods or containers with problems (see their status)");
+    }
+    Ok(())
+}
+
+fn recover_pod(state: &AgentState, record: &PodRecord) -> Result<(), AgentError> {
+    if record.state == PodState::Creating {
+        tracing::info!(pod_id = %record.id, "removing a pod sandbox whose creation was interrupted");
+        return teardown_or_mark(state, record);
+    }
+    let mark = |problem: String| {
+        state.store.update::<PodRecord, AgentError>(&record.id, |r| {
+            r.state = PodState::NotReady;
+            r.problem.clone_from(&problem);
+            Ok(())
+        })
+    };
+    let details = match details(record) {
+        Ok(details) => details,
+        Err(e) => {
+            mark(crate::error::chain(&e))?;
+            return Err(e);
+        }
+    };
+    let pinned = details.paths.map(|p| [p.net, p.ipc, p.uts]);
+    let intact = pinned.is_some_and(|files| files.iter().flatten().all(|f| f.exists()));
+    if record.state == PodState::Ready && !intact {
+        tracing::warn!(pod_id = %record.id, "pod namespaces are gone (reboot?): marking the sandbox NOTREADY");
+        state.store.update::<PodRecord, AgentError>(&record.id, |r| {
+            r.state = PodState::NotReady;
+            Ok(())
+        })?;
+    }
     Ok(())
 }
 
@@ -287,25 +366,33 @@ pub fn stop_pod_sandbox(
     state: &AgentState,
     request: StopPodSandboxRequest,
 ) -> Result<StopPodSandboxResponse, AgentError> {
-    let Some(mut record) = find(state, &request.pod_sandbox_id)? else {
+    let Some(record) = super::lookup::pod_if_any(state, &request.pod_sandbox_id)? else {
         return Ok(StopPodSandboxResponse {});
     };
-    for container in super::containers::containers_of(state, &record.id)? {
-        super::containers::stop(state, container, std::time::Duration::ZERO)?;
-    }
-    if let Some(mut pod_details) = details(&record).filter(|d| d.network.as_ref().is_some_and(|n| n.attached)) {
-        state.network.detach_soon(&record.id)?;
-        if let Some(network) = pod_details.network.as_mut() {
-            network.attached = false;
+    state.locks.exclusive(&record.id, || {
+        let Some(record) = state.store.get::<PodRecord>(&record.id)? else { return Ok::<(), AgentError>(()) };
+        let cancel = super::cancel::Cancel::never();
+        for container in super::containers::containers_of(state, &record.id)? {
+            super::containers::stop(state, container, std::time::Duration::ZERO, &cancel)?;
         }
-        record.config = details_json(&pod_details)?;
-        state.store.put(&record)?;
-    }
-    if record.state != PodState::NotReady {
-        record.state = PodState::NotReady;
-        state.store.put(&record)?;
-        tracing::info!(pod_id = %record.id, "pod sandbox stopped");
-    }
+        if details(&record)?.network.is_some_and(|n| n.attached) {
+            state.network.detach_soon(&record.id)?;
+        }
+        let was_ready = record.state != PodState::NotReady;
+        state.store.update::<PodRecord, AgentError>(&record.id, |r| {
+            let mut pod_details = details(r)?;
+            if let Some(network) = pod_details.network.as_mut() {
+                network.attached = false;
+            }
+            r.config = details_json(&pod_details)?;
+            r.state = PodState::NotReady;
+            Ok(())
+        })?;
+        if was_ready {
+            tracing::info!(pod_id = %record.id, "pod sandbox stopped");
+        }
+        Ok(())
+    })?;
     Ok(StopPodSandboxResponse {})
 }
 
@@ -314,11 +401,13 @@ pub fn remove_pod_sandbox(
     state: &AgentState,
     request: RemovePodSandboxRequest,
 ) -> Result<RemovePodSandboxResponse, AgentError> {
-    let _serial = state.pod_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Some(record) = find(state, &request.pod_sandbox_id)? else {
+    let Some(record) = super::lookup::pod_if_any(state, &request.pod_sandbox_id)? else {
         return Ok(RemovePodSandboxResponse {});
     };
-    teardown(state, &record)?;
+    state.locks.exclusive(&record.id, || {
+        let Some(record) = state.store.get::<PodRecord>(&record.id)? else { return Ok::<(), AgentError>(()) };
+        teardown_or_mark(state, &record)
+    })?;
     tracing::info!(pod_id = %record.id, "pod sandbox removed");
     Ok(RemovePodSandboxResponse {})
 }
@@ -328,9 +417,9 @@ pub fn pod_sandbox_status(
     state: &AgentState,
     request: PodSandboxStatusRequest,
 ) -> Result<PodSandboxStatusResponse, AgentError> {
-    let record = find(state, &request.pod_sandbox_id)?
-        .ok_or_else(|| AgentError::NotFound { kind: "pod sandbox", id: request.pod_sandbox_id.clone() })?;
-    let pod_details = details(&record);
+    let record = super::lookup::pod(state, &request.pod_sandbox_id)?;
+    // An unreadable record is still reported (NOTREADY), without addresses.
+    let pod_details = details(&record).ok();
     let modes = pod_details.as_ref().map_or([0; 3], |d| d.namespace_modes);
     let mut ips = pod_details.and_then(|d| d.network).map(|n| n.ips).unwrap_or_default().into_iter();
     let ip = ips.next().map(|ip| ip.to_string()).unwrap_or_default();
@@ -393,18 +482,6 @@ fn labels_match(labels: &BTreeMap<String, String>, selector: &HashMap<String, St
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// A pod by full id or unique id prefix.
-pub fn find_pod(state: &AgentState, id: &str) -> Result<Option<PodRecord>, AgentError> {
-    find(state, id)
-}
-
-fn find(state: &AgentState, id: &str) -> Result<Option<PodRecord>, AgentError> {
-    if id.is_empty() {
-        return Err(AgentError::InvalidArgument { field: "pod_sandbox_id", reason: "empty id".into() });
-    }
-    Ok(state.store.get_by_id_or_prefix::<PodRecord>(id)?)
-}
-
 fn find_by_metadata(state: &AgentState, metadata: &PodSandboxMetadata) -> Result<Option<PodRecord>, AgentError> {
     Ok(state.store.list::<PodRecord>()?.into_iter().find(|p| {
         p.name == metadata.name
@@ -455,8 +532,25 @@ fn cri_state(state: PodState) -> PodSandboxState {
     }
 }
 
-pub fn details(record: &PodRecord) -> Option<PodDetails> {
-    serde_json::from_value(record.config.clone()).ok()
+/// The details a pod record keeps; an error when they cannot be read.
+pub fn details(record: &PodRecord) -> Result<PodDetails, AgentError> {
+    serde_json::from_value(record.config.clone()).map_err(|source| AgentError::Unreadable {
+        kind: "pod sandbox",
+        id: record.id.clone(),
+        source,
+    })
+}
+
+/// A path from the request that must be absolute and without `..`.
+pub fn check_absolute(field: &'static str, path: &str) -> Result<(), AgentError> {
+    let p = Path::new(path);
+    if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(AgentError::InvalidArgument {
+            field,
+            reason: format!("{path:?} must be an absolute path without \"..\""),
+        });
+    }
+    Ok(())
 }
 
 fn details_json(details: &PodDetails) -> Result<serde_json::Value, AgentError> {

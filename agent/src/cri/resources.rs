@@ -7,7 +7,7 @@ use crius_sandbox::cgroups::{Cgroup, Resources};
 use super::AgentState;
 use super::pods::runtime_err;
 use crate::error::AgentError;
-use crate::store::{ContainerRecord, ContainerState};
+use crate::store::ContainerState;
 
 /// The cgroup limits CRI asks for (0 or empty fields are left unset).
 pub fn cgroup_resources(cri: &LinuxContainerResources) -> Resources {
@@ -49,53 +49,47 @@ pub fn pod_resources(
     })
 }
 
-/// Creates the container's cgroup with its limits (before its init joins it).
+/// Checks CRI resources before anything is made with them.
+pub fn validate(cri: &LinuxContainerResources, field: &'static str) -> Result<(), AgentError> {
+    cgroup_resources(cri).validate().map_err(|e| AgentError::InvalidArgument { field, reason: crate::error::chain(&e) })
+}
+
+/// Creates a cgroup with its limits (before a process joins it).
 pub fn create_cgroup(state: &AgentState, path: &str, cri: Option<&LinuxContainerResources>) -> Result<(), AgentError> {
-    let Some(mode) = state.cgroup_mode.as_ref() else { return Ok(()) };
-    let cgroup = Cgroup::create(mode, path).map_err(runtime_err)?;
+    let cgroup = Cgroup::create(state.cgroups()?, path).map_err(runtime_err)?;
     if let Some(cri) = cri {
-        let resources = cgroup_resources(cri);
-        resources.validate().map_err(|e| AgentError::InvalidArgument {
-            field: "config.linux.resources",
-            reason: crate::error::chain(&e),
-        })?;
-        cgroup.apply(&resources).map_err(runtime_err)?;
+        validate(cri, "config.linux.resources")?;
+        cgroup.apply(&cgroup_resources(cri)).map_err(runtime_err)?;
     }
     Ok(())
 }
 
-/// Changes a container's limits.
+/// Changes a container's limits; ContainerStatus reports them from then on.
 pub fn update_container_resources(
     state: &AgentState,
     request: UpdateContainerResourcesRequest,
 ) -> Result<UpdateContainerResourcesResponse, AgentError> {
-    let record = state
-        .store
-        .get::<ContainerRecord>(&request.container_id)?
-        .ok_or_else(|| AgentError::NotFound { kind: "container", id: request.container_id.clone() })?;
+    let record = super::lookup::container(state, &request.container_id)?;
     if matches!(record.state, ContainerState::Exited | ContainerState::Unknown) {
         return Err(AgentError::InvalidArgument {
             field: "container_id",
             reason: format!("container {} is not running", record.id),
         });
     }
-    let (Some(mode), Some(path), Some(cri)) =
-        (state.cgroup_mode.as_ref(), record.config.get("cgroup").and_then(|c| c.as_str()), request.linux.as_ref())
-    else {
-        return Ok(UpdateContainerResourcesResponse {});
-    };
-    let resources = cgroup_resources(cri);
-    resources
-        .validate()
-        .map_err(|e| AgentError::InvalidArgument { field: "linux", reason: crate::error::chain(&e) })?;
-    Cgroup::open(mode, path).map_err(runtime_err)?.apply(&resources).map_err(runtime_err)?;
+    let Some(cri) = request.linux.as_ref() else { return Ok(UpdateContainerResourcesResponse {}) };
+    validate(cri, "linux")?;
+    let path = super::containers::details(&record)?
+        .cgroup
+        .ok_or_else(|| AgentError::Runtime(format!("container {} has no cgroup", record.id)))?;
+    Cgroup::open(state.cgroups()?, &path).map_err(runtime_err)?.apply(&cgroup_resources(cri)).map_err(runtime_err)?;
+    super::containers::record_resources(state, &record.id, cri)?;
     tracing::info!(container_id = %record.id, "container resources updated");
     Ok(UpdateContainerResourcesResponse {})
 }
 
 /// Whether the kernel's OOM killer killed something in the container's cgroup.
 pub fn oom_killed(state: &AgentState, cgroup_path: Option<&str>) -> bool {
-    let (Some(mode), Some(path)) = (state.cgroup_mode.as_ref(), cgroup_path) else { return false };
+    let (Ok(mode), Some(path)) = (state.cgroups(), cgroup_path) else { return false };
     Cgroup::open(mode, path).and_then(|c| c.oom_killed()).unwrap_or(false)
 }
 

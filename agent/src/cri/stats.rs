@@ -88,10 +88,7 @@ pub fn container_stats(
     state: &AgentState,
     request: ContainerStatsRequest,
 ) -> Result<ContainerStatsResponse, AgentError> {
-    let record = state
-        .store
-        .get::<ContainerRecord>(&request.container_id)?
-        .ok_or_else(|| AgentError::NotFound { kind: "container", id: request.container_id.clone() })?;
+    let record = super::lookup::container(state, &request.container_id)?;
     Ok(ContainerStatsResponse { stats: Some(stats_of(state, &record)) })
 }
 
@@ -119,10 +116,7 @@ pub fn pod_sandbox_stats(
     state: &AgentState,
     request: PodSandboxStatsRequest,
 ) -> Result<PodSandboxStatsResponse, AgentError> {
-    let pod = state
-        .store
-        .get::<PodRecord>(&request.pod_sandbox_id)?
-        .ok_or_else(|| AgentError::NotFound { kind: "pod sandbox", id: request.pod_sandbox_id.clone() })?;
+    let pod = super::lookup::pod(state, &request.pod_sandbox_id)?;
     Ok(PodSandboxStatsResponse { stats: Some(pod_stats_of(state, &pod)?) })
 }
 
@@ -211,7 +205,7 @@ fn stats_of(state: &AgentState, record: &ContainerRecord) -> ContainerStats {
 }
 
 fn cgroup_stats(state: &AgentState, path: Option<&str>) -> Option<CgroupStats> {
-    let mode = state.cgroup_mode.as_ref()?;
+    let mode = state.cgroup_mode.as_ref().ok()?;
     let cgroup = Cgroup::open(mode, path?).ok()?;
     cgroup.stats().ok()
 }

@@ -19,7 +19,8 @@ const NETWORK_READY: &str = "NetworkReady";
 /// Reports readiness; with `verbose`, also the effective config and store facts.
 pub fn status(state: &AgentState, request: StatusRequest) -> Result<StatusResponse, AgentError> {
     let store_check = state.store.check().map_err(|e| chain(&e));
-    let runtime = runtime_condition(store_check, &[&state.config.root, &state.config.run_root]);
+    let cgroups = state.cgroup_mode.as_ref().map(drop).map_err(Clone::clone);
+    let runtime = runtime_condition(store_check, &[&state.config.root, &state.config.run_root], cgroups);
     let network = network_condition(state.network.not_ready_reason());
     if !runtime.status {
         tracing::warn!(reason = %runtime.reason, message = %runtime.message, "runtime not ready");
@@ -52,10 +53,15 @@ pub fn status(state: &AgentState, request: StatusRequest) -> Result<StatusRespon
     })
 }
 
-/// RuntimeReady: the state store answers and the state directories are writable.
-fn runtime_condition(store: Result<(), String>, dirs: &[&Path]) -> RuntimeCondition {
+/// RuntimeReady: the state store answers, the state directories are
+/// writable and pods can have cgroups (without them no limit could be
+/// applied).
+fn runtime_condition(store: Result<(), String>, dirs: &[&Path], cgroups: Result<(), String>) -> RuntimeCondition {
     if let Err(message) = store {
         return condition(RUNTIME_READY, false, "StateStoreUnavailable", message);
+    }
+    if let Err(why) = cgroups {
+        return condition(RUNTIME_READY, false, "NoCgroupHierarchy", format!("no usable cgroup hierarchy: {why}"));
     }
     for dir in dirs {
         if let Err(errno) = access(*dir, AccessFlags::W_OK | AccessFlags::X_OK) {
@@ -108,7 +114,7 @@ mod tests {
     fn missing_state_directory_makes_the_runtime_not_ready() {
         let dir = tempfile::tempdir().expect("tempdir");
         let gone = dir.path().join("gone");
-        let condition = runtime_condition(Ok(()), &[dir.path(), &gone]);
+        let condition = runtime_condition(Ok(()), &[dir.path(), &gone], Ok(()));
         assert!(!condition.status);
         assert_eq!(condition.reason, "StateDirectoryUnavailable");
         assert!(condition.message.contains("gone"), "{}", condition.message);
@@ -116,10 +122,38 @@ mod tests {
 
     #[test]
     fn failing_store_makes_the_runtime_not_ready() {
-        let condition = runtime_condition(Err("state store: corrupted".into()), &[]);
+        let condition = runtime_condition(Err("state store: corrupted".into()), &[], Ok(()));
         assert!(!condition.status);
         assert_eq!(condition.reason, "StateStoreUnavailable");
         assert_eq!(condition.message, "state store: corrupted");
+    }
+
+    #[test]
+    fn without_cgroups_the_runtime_is_not_ready_and_pods_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut state = state(dir.path());
+        state.cgroup_mode = Err("no cgroup filesystem is mounted".into());
+        let response = status(&state, StatusRequest { verbose: false }).expect("status");
+        let runtime = &response.status.expect("status").conditions[0];
+        assert!(!runtime.status, "{runtime:?}");
+        assert_eq!(runtime.reason, "NoCgroupHierarchy");
+        assert!(runtime.message.contains("no cgroup filesystem is mounted"), "{runtime:?}");
+
+        let request = cri_api::v1::RunPodSandboxRequest {
+            config: Some(cri_api::v1::PodSandboxConfig {
+                metadata: Some(cri_api::v1::PodSandboxMetadata {
+                    name: "p".into(),
+                    namespace: "ns".into(),
+                    uid: "u".into(),
+                    attempt: 0,
+                }),
+                ..Default::default()
+            }),
+            runtime_handler: String::new(),
+        };
+        let err = crate::cri::pods::run_pod_sandbox(&state, request).expect_err("no cgroups, no pods");
+        assert!(err.to_string().contains("no usable cgroup hierarchy"), "{err}");
+        assert!(state.store.list::<crate::store::PodRecord>().expect("list").is_empty(), "nothing recorded");
     }
 
     #[test]

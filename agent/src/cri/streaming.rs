@@ -66,16 +66,14 @@ pub fn attach(state: &AgentState, request: AttachRequest) -> Result<AttachRespon
 
 /// PortForward: a URL that connects to ports inside the pod's network namespace.
 pub fn port_forward(state: &AgentState, request: PortForwardRequest) -> Result<PortForwardResponse, AgentError> {
-    let record = super::pods::find_pod(state, &request.pod_sandbox_id)?
-        .ok_or_else(|| AgentError::NotFound { kind: "pod sandbox", id: request.pod_sandbox_id.clone() })?;
+    let record = super::lookup::pod(state, &request.pod_sandbox_id)?;
     if record.state != crate::store::PodState::Ready {
         return Err(AgentError::InvalidArgument {
             field: "pod_sandbox_id",
             reason: format!("pod sandbox {} is not ready", record.id),
         });
     }
-    let details = super::pods::details(&record)
-        .ok_or_else(|| AgentError::Runtime(format!("pod sandbox {} has no recorded details", record.id)))?;
+    let details = super::pods::details(&record)?;
     let netns = if details.namespace_modes[0] == NamespaceMode::Node as i32 {
         None
     } else {

@@ -74,7 +74,10 @@ pub enum ContainerState {
     Running,
     /// `CONTAINER_EXITED`.
     Exited,
-    /// `CONTAINER_UNKNOWN`: a cleanup failed; removal retries it.
+    /// `CONTAINER_UNKNOWN`: crius could not tell or clean up what became of
+    /// the container (a failed teardown, an unreadable record, a bundle
+    /// that is gone); the record's `problem` says why, ContainerStatus
+    /// reports it, and RemoveContainer retries the cleanup.
     Unknown,
 }
 
@@ -107,6 +110,10 @@ pub struct PodRecord {
     /// The original request config (serialised CRI message), for status and restart.
     #[serde(default)]
     pub config: serde_json::Value,
+    /// Why the pod is not what it should be (a cleanup that failed, a record
+    /// part that could not be read); empty when nothing is wrong.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub problem: String,
 }
 
 /// A container.
@@ -150,6 +157,10 @@ pub struct ContainerRecord {
     /// The original request config, for status and restart.
     #[serde(default)]
     pub config: serde_json::Value,
+    /// Why the container is `Unknown` (or what its last cleanup could not
+    /// do); empty when nothing is wrong.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub problem: String,
 }
 
 /// An image in the local store.

@@ -17,6 +17,7 @@ fn pod(id: &str) -> PodRecord {
         labels: BTreeMap::from([("app".into(), "web".into())]),
         annotations: BTreeMap::new(),
         config: serde_json::Value::Null,
+        problem: String::new(),
     }
 }
 
@@ -37,6 +38,7 @@ fn container(id: &str, pod_id: &str) -> ContainerRecord {
         annotations: BTreeMap::new(),
         image_layers: Vec::new(),
         config: serde_json::Value::Null,
+        problem: String::new(),
     }
 }
 

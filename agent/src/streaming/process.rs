@@ -82,7 +82,7 @@ pub async fn spawn(bundle: &Path, cmd: &[String], tty: bool, stdin: bool) -> Res
     let env_extra = if tty { vec!["TERM=xterm".to_owned()] } else { Vec::new() };
     let request = ExecRequest { args: cmd.to_vec(), env_extra, tty };
     let json = serde_json::to_vec(&request).map_err(|e| runtime("encode exec request", e))?;
-    std::fs::write(&path, json).map_err(|e| runtime(&format!("write {}", path.display()), e))?;
+    tokio::fs::write(&path, json).await.map_err(|e| runtime(&format!("write {}", path.display()), e))?;
     let request_file = RequestFile(path);
     let self_exe = std::env::current_exe().map_err(|e| runtime("locate crius binary", e))?;
     let mut command = tokio::process::Command::new(self_exe);

@@ -27,7 +27,9 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, mkfifo};
 
 use super::monitor::{READY_FILE, STARTED_FILE, now_ns};
-use super::spec::{ContainerSpec, EXIT_FILE, ExitStatus, INIT_PID_FILE, MONITOR_PID_FILE, SPEC_FILE, START_FIFO};
+use super::spec::{
+    ContainerSpec, EXIT_FILE, ExitStatus, INIT_PID_FILE, MONITOR_PID_FILE, SPEC_FILE, START_ERROR_FILE, START_FIFO,
+};
 
 /// How often [`create`] looks at the bundle while it waits.
 const CREATE_POLL: Duration = Duration::from_millis(2);
@@ -114,6 +116,11 @@ pub enum ContainerError {
     /// monitor's) message.
     #[error("container init failed: {0}")]
     Init(String),
+    /// The container's process cannot be started (its program does not
+    /// exist): why. Init was released and exits; the monitor reports the
+    /// exit with [`crate::ns::spec::START_ERROR_EXIT_CODE`].
+    #[error("{0}")]
+    StartFailed(String),
     /// The monitor exited without reporting.
     #[error("monitor {pid} exited before the container was ready")]
     MonitorDied {
@@ -281,7 +288,15 @@ pub fn start(bundle: &Path) -> Result<i64, ContainerError> {
     if result.is_err() {
         let _ = fs::remove_file(&started);
     }
-    result.map(|()| started_at)
+    result?;
+    // Init found at create time that there is nothing to run: released, it
+    // exits; the start fails with why.
+    let start_error = bundle.join(START_ERROR_FILE);
+    match fs::read_to_string(&start_error) {
+        Ok(why) => Err(ContainerError::StartFailed(why)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(started_at),
+        Err(e) => Err(io_err("read", &start_error)(e)),
+    }
 }
 
 fn release_init(bundle: &Path) -> Result<(), ContainerError> {

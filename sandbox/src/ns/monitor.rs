@@ -16,7 +16,11 @@
 //!   writes one byte to it once the set-up is done, closes it, then opens
 //!   `<bundle>/start` for reading, reads one byte and `execve`s. If the
 //!   descriptor reaches end of file without the byte, init failed: what it
-//!   wrote to stderr becomes `init_error` in `exit.json`.
+//!   wrote to stderr becomes `init_error` in `exit.json`. If the byte is
+//!   `START_ERROR_MARK`, the set-up is done but the process cannot start
+//!   (no such program): the text after it goes to `<bundle>/start-error`
+//!   and later, as `init_error`, into `exit.json`; init waits for the start
+//!   like any other and then exits with `START_ERROR_EXIT_CODE`.
 //! - init must not fork before it reports ready (the monitor moves only init's
 //!   own pid into the cgroup).
 //!
@@ -45,7 +49,9 @@ use nix::unistd::{close, getpid, setsid};
 
 use super::attach::{self, Attachments};
 use super::container::{read_started, write_atomic, write_pid_file};
-use super::spec::{ContainerSpec, EXIT_FILE, ExitStatus, INIT_PID_FILE, MONITOR_PID_FILE, PidNamespace, SPEC_FILE};
+use super::spec::{
+    ContainerSpec, EXIT_FILE, ExitStatus, INIT_PID_FILE, MONITOR_PID_FILE, PidNamespace, SPEC_FILE, START_ERROR_FILE,
+};
 use crate::cgroups::{Cgroup, CgroupError, detect_host};
 use crate::logs::{LogError, LogWriter, Stream};
 
@@ -209,7 +215,8 @@ fn monitor(bundle: &Path, init_exe: &Path) -> Result<Infallible, MonitorError> {
         return Err(e);
     }
     let mut byte = [0u8; 1];
-    let ready = match read_retrying(&mut File::from(OwnedFd::from(ready_r)), &mut byte) {
+    let mut ready_r = File::from(OwnedFd::from(ready_r));
+    let ready = match read_retrying(&mut ready_r, &mut byte) {
         Ok(n) => n,
         Err(source) => {
             kill_child(&mut child);
@@ -219,6 +226,20 @@ fn monitor(bundle: &Path, init_exe: &Path) -> Result<Infallible, MonitorError> {
     if ready == 0 {
         return init_failed(bundle, child, child_io.outputs);
     }
+    let start_error = if byte[0] == crate::ns::init::START_ERROR_MARK {
+        let mut why = Vec::new();
+        let _ = (&mut ready_r).take(MAX_INIT_ERROR).read_to_end(&mut why);
+        let why = String::from_utf8_lossy(&why).trim().to_owned();
+        let path = bundle.join(START_ERROR_FILE);
+        if let Err(e) = write_atomic(&path, why.as_bytes()) {
+            kill_child(&mut child);
+            return Err(io_err("write", &path)(e));
+        }
+        Some(why)
+    } else {
+        None
+    };
+    drop(ready_r);
 
     let streams: Vec<Stream> = child_io.outputs.iter().map(|(s, _)| *s).collect();
     let done = match forward(bundle, child_io.outputs, &log, &attachments, reopen_signal) {
@@ -246,7 +267,8 @@ fn monitor(bundle: &Path, init_exe: &Path) -> Result<Infallible, MonitorError> {
     }
     let (exit_code, signal) = decode(status);
     let started_at_ns = read_started(bundle);
-    write_exit(bundle, &ExitStatus { exit_code, signal, finished_at_ns: now_ns(), started_at_ns, init_error: None })?;
+    let status = ExitStatus { exit_code, signal, finished_at_ns: now_ns(), started_at_ns, init_error: start_error };
+    write_exit(bundle, &status)?;
     std::process::exit(0)
 }
 

@@ -20,6 +20,14 @@ pub const EXIT_FILE: &str = "exit.json";
 pub const MONITOR_PID_FILE: &str = "monitor.pid";
 /// The container init's pid as seen from the host (decimal).
 pub const INIT_PID_FILE: &str = "init.pid";
+/// Written by the monitor when init found, while setting up, that the
+/// container's process cannot be started (its program does not exist): why.
+/// StartContainer then fails with it (CreateContainer succeeded, as with
+/// containerd and runc).
+pub const START_ERROR_FILE: &str = "start-error";
+/// The exit code of a container whose process could not be started (as
+/// containerd reports it).
+pub const START_ERROR_EXIT_CODE: i32 = 128;
 
 /// One container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -102,7 +102,7 @@ fn cri_env_overrides_the_image() {
         ..ContainerConfig::default()
     };
     let env = spec(&config, &busybox(), root.path()).expect("spec").process.env;
-    assert_eq!(env, ["PATH=/bin", "A=cri", "B=new"]);
+    assert_eq!(env, ["PATH=/bin", "A=cri", "HOSTNAME=web", "B=new"]);
     let no_path = ImageDefaults { env: vec![], ..busybox() };
     let env = spec(&ContainerConfig::default(), &no_path, root.path()).expect("spec").process.env;
     assert!(env[0].starts_with("PATH=/usr/local/sbin"), "{env:?}");
@@ -115,12 +115,14 @@ fn users_come_from_cri_then_the_image() {
         let image = ImageDefaults { user: image_user.into(), ..busybox() };
         spec(&ContainerConfig { linux, ..ContainerConfig::default() }, &image, root.path()).map(|s| s.process.user)
     };
-    assert_eq!(user("", None).expect("root"), UserSpec { uid: 0, gid: 0, additional_gids: vec![10] });
-    assert_eq!(user("www-data", None).expect("name"), UserSpec { uid: 33, gid: 33, additional_gids: vec![] });
-    assert_eq!(user("1003:1004", None).expect("ids"), UserSpec { uid: 1003, gid: 1004, additional_gids: vec![] });
+    // The primary group is listed with the others, as runc and containerd
+    // do: `id` in a root busybox container prints groups=0(root),10(wheel).
+    assert_eq!(user("", None).expect("root"), UserSpec { uid: 0, gid: 0, additional_gids: vec![0, 10] });
+    assert_eq!(user("www-data", None).expect("name"), UserSpec { uid: 33, gid: 33, additional_gids: vec![33] });
+    assert_eq!(user("1003:1004", None).expect("ids"), UserSpec { uid: 1003, gid: 1004, additional_gids: vec![1004] });
     assert_eq!(user("www-data:1004", None).expect("mixed").gid, 1004);
     let predefined = user("1000", None).expect("image group membership");
-    assert_eq!(predefined, UserSpec { uid: 1000, gid: 1000, additional_gids: vec![50000] });
+    assert_eq!(predefined, UserSpec { uid: 1000, gid: 1000, additional_gids: vec![1000, 50000] });
     let cri = security(|s| {
         s.run_as_user = Some(Int64Value { value: 1000 });
         s.run_as_group = Some(Int64Value { value: 2000 });
@@ -128,7 +130,7 @@ fn users_come_from_cri_then_the_image() {
     });
     assert_eq!(
         user("www-data", cri).expect("cri"),
-        UserSpec { uid: 1000, gid: 2000, additional_gids: vec![3000, 50000] }
+        UserSpec { uid: 1000, gid: 2000, additional_gids: vec![2000, 3000, 50000] }
     );
     let strict = security(|s| {
         s.run_as_user = Some(Int64Value { value: 1000 });
@@ -137,7 +139,7 @@ fn users_come_from_cri_then_the_image() {
     });
     assert_eq!(
         user("www-data", strict).expect("strict"),
-        UserSpec { uid: 1000, gid: 1000, additional_gids: vec![1234] },
+        UserSpec { uid: 1000, gid: 1000, additional_gids: vec![1000, 1234] },
         "Strict leaves out the image's group 50000"
     );
     let group_only = security(|s| s.run_as_group = Some(Int64Value { value: 5 }));
@@ -260,9 +262,51 @@ fn negative_oom_scores_are_clamped() {
 #[test]
 fn image_defaults_are_read_from_the_config() {
     let json = br#"{"config":{"Entrypoint":["/e"],"Cmd":["c"],"Env":["A=1"],"WorkingDir":"/w","User":"1000:1000"}}"#;
-    let image = ImageDefaults::from_config_json(json);
+    let image = ImageDefaults::from_config_json(json).expect("valid");
     assert_eq!(image.entrypoint, ["/e"]);
     assert_eq!(image.working_dir, "/w");
     assert_eq!(image.user, "1000:1000");
-    assert_eq!(ImageDefaults::from_config_json(b"not json"), ImageDefaults::default());
+    assert_eq!(ImageDefaults::from_config_json(b"{}").expect("no config section"), ImageDefaults::default());
+    ImageDefaults::from_config_json(b"not json").expect_err("an unreadable config is an error, not an empty one");
+}
+
+#[test]
+fn hostname_is_in_the_environment_and_the_request_can_replace_it() {
+    let root = rootfs();
+    let env = spec(&ContainerConfig::default(), &busybox(), root.path()).expect("spec").process.env;
+    assert!(env.contains(&"HOSTNAME=web".to_owned()), "{env:?}");
+    let image = ImageDefaults { env: vec!["HOSTNAME=image".into()], ..busybox() };
+    let env = spec(&ContainerConfig::default(), &image, root.path()).expect("spec").process.env;
+    assert!(env.contains(&"HOSTNAME=web".to_owned()) && !env.iter().any(|e| e == "HOSTNAME=image"), "{env:?}");
+    let config = ContainerConfig {
+        envs: vec![KeyValue { key: "HOSTNAME".into(), value: b"mine".to_vec() }],
+        ..ContainerConfig::default()
+    };
+    let env = spec(&config, &busybox(), root.path()).expect("spec").process.env;
+    assert_eq!(env.iter().filter(|e| e.starts_with("HOSTNAME=")).collect::<Vec<_>>(), ["HOSTNAME=mine"]);
+    let node = nix::unistd::gethostname().expect("hostname").to_string_lossy().into_owned();
+    assert_eq!(pod_hostname(""), node, "a pod without a hostname has the node's");
+}
+
+#[test]
+fn relative_host_paths_are_refused() {
+    let mount = |host_path: &str| ContainerConfig {
+        mounts: vec![Mount { container_path: "/mnt".into(), host_path: host_path.into(), ..Mount::default() }],
+        ..ContainerConfig::default()
+    };
+    check_mounts(&mount("/srv/data")).expect("absolute");
+    for relative in ["bin", "./etc", "../../etc"] {
+        let err = check_mounts(&mount(relative)).expect_err(relative);
+        assert!(matches!(err, AgentError::InvalidArgument { field: "config.mounts.host_path", .. }), "{err}");
+    }
+    let device = ContainerConfig {
+        devices: vec![cri_api::v1::Device {
+            host_path: "dev/null".into(),
+            container_path: "/dev/x".into(),
+            permissions: "rw".into(),
+        }],
+        ..ContainerConfig::default()
+    };
+    let err = check_mounts(&device).expect_err("relative device");
+    assert!(err.to_string().contains("config.devices.host_path"), "{err}");
 }

@@ -55,7 +55,7 @@ use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 
 pub use error::InitError;
-pub use steps::READY_FD_ENV;
+pub use steps::{READY_FD_ENV, START_ERROR_MARK};
 
 use crate::ns::spec::ContainerSpec;
 use prepare::Prepared;
@@ -85,9 +85,20 @@ fn setup_and_exec(bundle: &Path) -> Result<Infallible, InitError> {
     enter_container(&spec, &prepared)?;
     let program = become_user(&spec, &prepared)?;
     steps::reset_signals();
-    steps::signal_ready(ready)?;
-    steps::wait_for_start(&fifo_path, fifo)?;
-    steps::exec(&program, &prepared.argv, &prepared.envp)
+    match program {
+        Ok(program) => {
+            steps::signal_ready(ready, None)?;
+            steps::wait_for_start(&fifo_path, fifo)?;
+            steps::exec(&program, &prepared.argv, &prepared.envp)
+        }
+        // The set-up is done but there is nothing to run: a start error,
+        // reported when the container is started (as runc's start does).
+        Err(cannot_start) => {
+            steps::signal_ready(ready, Some(&cannot_start.report()))?;
+            steps::wait_for_start(&fifo_path, fifo)?;
+            std::process::exit(crate::ns::spec::START_ERROR_EXIT_CODE)
+        }
+    }
 }
 
 /// Steps 3 to 6: namespaces, hostname, sysctls, the root, limits, the
@@ -104,8 +115,9 @@ fn enter_container(spec: &ContainerSpec, prepared: &Prepared) -> Result<(), Init
 }
 
 /// Steps 7 to 11: working directory, identity, capabilities, program,
-/// `no_new_privs` and seccomp. Returns the program to exec.
-fn become_user(spec: &ContainerSpec, prepared: &Prepared) -> Result<PathBuf, InitError> {
+/// `no_new_privs` and seccomp. Returns the program to exec, or why there
+/// is none (a start error, reported at start).
+fn become_user(spec: &ContainerSpec, prepared: &Prepared) -> Result<Result<PathBuf, InitError>, InitError> {
     let process = &spec.process;
     let nnp = process.no_new_privileges;
     let in_cwd = steps::enter_cwd(&process.cwd, true)?;
@@ -116,9 +128,12 @@ fn become_user(spec: &ContainerSpec, prepared: &Prepared) -> Result<PathBuf, Ini
     if !in_cwd {
         steps::enter_cwd(&process.cwd, false)?;
     }
-    let program = steps::resolve_program(&process.args[0], &process.env)?;
+    let program = match steps::resolve_program(&process.args[0], &process.env) {
+        Ok(program) => program,
+        Err(cannot_start) => return Ok(Err(cannot_start)),
+    };
     if nnp {
         steps::confine(prepared.seccomp.as_ref(), true)?;
     }
-    Ok(program)
+    Ok(Ok(program))
 }

@@ -29,6 +29,10 @@ use crate::sys;
 /// once the set-up succeeded, right before it blocks on the start FIFO.
 pub const READY_FD_ENV: &str = "CRIUS_INIT_READY_FD";
 
+/// Sent instead of the `0` byte when the set-up succeeded but the process
+/// cannot be started; the rest of what init writes says why.
+pub const START_ERROR_MARK: u8 = b'!';
+
 /// Reads and parses `<bundle>/config.json`.
 pub(crate) fn load_spec(bundle: &Path) -> Result<ContainerSpec, InitError> {
     let path = bundle.join(crate::ns::spec::SPEC_FILE);
@@ -236,10 +240,16 @@ pub(crate) fn reset_signals() {
     }
 }
 
-/// Writes the readiness byte and closes the descriptor.
-pub(super) fn signal_ready(ready: Option<File>) -> Result<(), InitError> {
+/// Writes the readiness byte and closes the descriptor; with a start error,
+/// [`START_ERROR_MARK`] and the message instead (the monitor keeps it for
+/// StartContainer).
+pub(super) fn signal_ready(ready: Option<File>, start_error: Option<&str>) -> Result<(), InitError> {
     let Some(mut ready) = ready else { return Ok(()) };
-    ready.write_all(&[0]).map_err(|source| InitError::Ready { value: READY_FD_ENV.to_owned(), source })
+    let message = match start_error {
+        None => vec![0],
+        Some(why) => [&[START_ERROR_MARK][..], why.as_bytes()].concat(),
+    };
+    ready.write_all(&message).map_err(|source| InitError::Ready { value: READY_FD_ENV.to_owned(), source })
 }
 
 /// Blocks until StartContainer writes to the start FIFO. Without a byte (the
