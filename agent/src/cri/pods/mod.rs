@@ -15,13 +15,15 @@ use cri_api::v1::{
     RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse, StopPodSandboxRequest,
     StopPodSandboxResponse,
 };
-use crius_network::bridge::AttachedPod;
 use crius_network::cni::{CniDns, CniPod};
 use crius_network::firewall::PortMapping;
 use crius_sandbox::cgroups::{CgroupManager, systemd};
 use crius_sandbox::ns::pod::{self, DnsSpec, PodNamespaces, PodPaths, PodSpec};
 use serde::{Deserialize, Serialize};
 
+mod recovery;
+
+pub use self::recovery::recover;
 use super::AgentState;
 use crate::config::CgroupDriver;
 use crate::error::AgentError;
@@ -288,7 +290,7 @@ fn teardown(state: &AgentState, record: &PodRecord) -> Result<(), AgentError> {
 
 /// Tears the pod down; when that fails, the record stays (NOTREADY) with
 /// why, for the next RemovePodSandbox to retry.
-fn teardown_or_mark(state: &AgentState, record: &PodRecord) -> Result<(), AgentError> {
+pub(super) fn teardown_or_mark(state: &AgentState, record: &PodRecord) -> Result<(), AgentError> {
     teardown(state, record).inspect_err(|e| {
         let problem = crate::error::chain(e);
         tracing::warn!(pod_id = %record.id, problem = %problem, "pod sandbox cleanup failed");
@@ -298,66 +300,6 @@ fn teardown_or_mark(state: &AgentState, record: &PodRecord) -> Result<(), AgentE
             Ok(())
         });
     })
-}
-
-/// At start: rolls back pods a crash left half-made, marks NOTREADY the pods
-/// whose namespaces are gone (after a reboot `run_root` is empty), removes
-/// containers whose creation was interrupted, and puts the network back for
-/// every pod still attached. Each pod is handled on its own: one that cannot
-/// be recovered is left NOTREADY with why, and the others still are.
-pub fn recover(state: &AgentState) -> Result<(), AgentError> {
-    let mut failed = 0;
-    for record in state.store.list::<PodRecord>()? {
-        if let Err(e) = recover_pod(state, &record) {
-            failed += 1;
-            tracing::error!(pod_id = %record.id, error = %crate::error::chain(&e), "pod sandbox not recovered");
-        }
-    }
-    let pods = state.store.list::<PodRecord>()?;
-    failed += super::containers::recover(state, &pods)?;
-    let attached: Vec<AttachedPod> = pods
-        .iter()
-        .filter_map(|record| {
-            let network = details(record).ok()?.network.filter(|n| n.attached)?;
-            Some(AttachedPod { id: record.id.clone(), ips: network.ips, ports: network.ports })
-        })
-        .collect();
-    state.network.restore(&attached);
-    if failed > 0 {
-        tracing::warn!(failed, "recovery at start left pods or containers with problems (see their status)");
-    }
-    Ok(())
-}
-
-fn recover_pod(state: &AgentState, record: &PodRecord) -> Result<(), AgentError> {
-    if record.state == PodState::Creating {
-        tracing::info!(pod_id = %record.id, "removing a pod sandbox whose creation was interrupted");
-        return teardown_or_mark(state, record);
-    }
-    let mark = |problem: String| {
-        state.store.update::<PodRecord, AgentError>(&record.id, |r| {
-            r.state = PodState::NotReady;
-            r.problem.clone_from(&problem);
-            Ok(())
-        })
-    };
-    let details = match details(record) {
-        Ok(details) => details,
-        Err(e) => {
-            mark(crate::error::chain(&e))?;
-            return Err(e);
-        }
-    };
-    let pinned = details.paths.map(|p| [p.net, p.ipc, p.uts]);
-    let intact = pinned.is_some_and(|files| files.iter().flatten().all(|f| f.exists()));
-    if record.state == PodState::Ready && !intact {
-        tracing::warn!(pod_id = %record.id, "pod namespaces are gone (reboot?): marking the sandbox NOTREADY");
-        state.store.update::<PodRecord, AgentError>(&record.id, |r| {
-            r.state = PodState::NotReady;
-            Ok(())
-        })?;
-    }
-    Ok(())
 }
 
 /// Stops the pod (its containers, when there are any) and marks it NOTREADY.
@@ -577,6 +519,9 @@ pub fn now_ns() -> i64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     i64::try_from(nanos).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests;
 
 #[cfg(test)]
 mod cgroup_tests {
