@@ -67,6 +67,20 @@ impl From<&cri_api::v1::Mount> for MountRecord {
     }
 }
 
+impl From<&MountRecord> for cri_api::v1::Mount {
+    fn from(m: &MountRecord) -> Self {
+        Self {
+            container_path: m.container_path.clone(),
+            host_path: m.host_path.clone(),
+            readonly: m.readonly,
+            selinux_relabel: m.selinux_relabel,
+            propagation: m.propagation,
+            recursive_read_only: m.recursive_read_only,
+            ..Self::default()
+        }
+    }
+}
+
 /// CRI `LinuxContainerResources`, as the record keeps it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredResources {

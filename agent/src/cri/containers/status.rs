@@ -50,19 +50,7 @@ pub fn container_status(
             .resources
             .as_ref()
             .map(|r| ContainerResources { linux: Some(r.into()), ..ContainerResources::default() }),
-        mounts: details
-            .mounts
-            .iter()
-            .map(|m| cri_api::v1::Mount {
-                container_path: m.container_path.clone(),
-                host_path: m.host_path.clone(),
-                readonly: m.readonly,
-                selinux_relabel: m.selinux_relabel,
-                propagation: m.propagation,
-                recursive_read_only: m.recursive_read_only,
-                ..cri_api::v1::Mount::default()
-            })
-            .collect(),
+        mounts: details.mounts.iter().map(Into::into).collect(),
         ..ContainerStatus::default()
     };
     Ok(ContainerStatusResponse { status: Some(status), info: HashMap::new() })
