@@ -1701,15 +1701,15 @@ impl proto::Peer for Peer {
         // A request translated from HTTP/1 must not include the :authority
         // header
         if let Some(authority) = pseudo.authority {
-            // crius patch: gRPC clients on unix sockets (grpc-go before 1.5x,
-            // as in kubelet < 1.26 and crictl/critest 1.26, and grpc-java) send
-            // the socket path as :authority. Treat such a path as an absent
-            // authority instead of resetting the stream; anything else that
-            // is malformed is still refused.
-            if authority.as_str().starts_with('/') {
-                tracing::trace!("ignoring socket path sent as :authority: {:?}", authority);
+            let maybe_authority = uri::Authority::from_maybe_shared(authority.clone().into_inner());
+            // crius patch: a unix socket address that is no valid authority
+            // is treated as absent (see `is_unix_socket_authority`).
+            if maybe_authority.is_err() && is_unix_socket_authority(authority.as_str()) {
+                tracing::trace!(
+                    "ignoring unix socket address sent as :authority: {:?}",
+                    authority
+                );
             } else {
-                let maybe_authority = uri::Authority::from_maybe_shared(authority.clone().into_inner());
                 parts.authority = Some(maybe_authority.or_else(|why| {
                     malformed!(
                         "malformed headers: malformed authority ({:?}): {}",
@@ -1778,6 +1778,46 @@ impl proto::Peer for Peer {
 
         Ok(request)
     }
+}
+
+/// crius patch: whether `authority` is how a gRPC client on a unix socket
+/// names the server: the socket path (`/run/x.sock`: grpc-go before 1.5x,
+/// grpc-java), the dial target (`unix:///run/x.sock`, `unix:/run/x.sock`,
+/// `unix:run/x.sock`, `unix-abstract:name`), or either of them percent-encoded
+/// (`%2Frun%2Fx.sock`: grpc-go 1.5x). Only asked about an authority that is
+/// not valid as a host: `localhost` and most `unix-abstract:name` are, and
+/// are kept as they are.
+fn is_unix_socket_authority(authority: &str) -> bool {
+    is_unix_socket_address(authority.as_bytes())
+        || percent_decode(authority).map_or(false, |decoded| is_unix_socket_address(&decoded))
+}
+
+fn is_unix_socket_address(address: &[u8]) -> bool {
+    let target = address
+        .strip_prefix(b"unix:")
+        .or_else(|| address.strip_prefix(b"unix-abstract:"));
+    let name = match target {
+        Some(name) => name,
+        None if address.starts_with(b"/") => address,
+        None => return false,
+    };
+    !name.is_empty() && !name.iter().any(u8::is_ascii_control)
+}
+
+/// `%XX` escapes decoded; `None` for a `%` without two hex digits.
+fn percent_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(byte) = bytes.next() {
+        if byte != b'%' {
+            out.push(byte);
+            continue;
+        }
+        let high = char::from(bytes.next()?).to_digit(16)?;
+        let low = char::from(bytes.next()?).to_digit(16)?;
+        out.push((high * 16 + low) as u8);
+    }
+    Some(out)
 }
 
 // ===== impl Handshaking =====
