@@ -1,6 +1,7 @@
 //! Privileged cgroup tests on a real cgroup v1 (or hybrid) host. They skip
-//! with `SKIP <name>: <why>` when not root or when `/sys/fs/cgroup/memory`
-//! is not a v1 hierarchy; with `TEST_REQUIRE=root` set they fail instead.
+//! (`testkit`) when not root or when `/sys/fs/cgroup/memory` is not a v1
+//! hierarchy; with `TEST_REQUIRE` naming `root` or `cgroup-v1` (or `all`)
+//! they fail instead.
 //! Every cgroup is made below `crius-test-<pid>-<n>` and removed by a guard,
 //! even when an assertion fails.
 
@@ -19,23 +20,17 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 const MIB: i64 = 1 << 20;
 
 fn require_v1_host(name: &str) -> Option<CgroupMode> {
-    let why = if !nix::unistd::geteuid().is_root() {
-        "not root".to_owned()
-    } else {
-        match detect_host() {
-            Ok(mode @ CgroupMode::V1 { .. })
-                if mode.hierarchy_of("memory") == Some(Path::new("/sys/fs/cgroup/memory")) =>
-            {
-                return Some(mode);
-            }
-            Ok(mode) => format!("/sys/fs/cgroup/memory is not a cgroup v1 mount ({mode:?})"),
-            Err(e) => format!("no cgroup mounts: {e}"),
-        }
-    };
-    if std::env::var("TEST_REQUIRE").is_ok_and(|v| v.split(',').any(|c| c == "root")) {
-        panic!("{name}: TEST_REQUIRE=root but {why}");
+    if !testkit::require_root(name) {
+        return None;
     }
-    eprintln!("SKIP {name}: {why}");
+    let why = match detect_host() {
+        Ok(mode @ CgroupMode::V1 { .. }) if mode.hierarchy_of("memory") == Some(Path::new("/sys/fs/cgroup/memory")) => {
+            return Some(mode);
+        }
+        Ok(mode) => format!("/sys/fs/cgroup/memory is not a cgroup v1 mount ({mode:?})"),
+        Err(e) => format!("no cgroup mounts: {e}"),
+    };
+    testkit::skip(name, testkit::CGROUP_V1, &why);
     None
 }
 

@@ -33,7 +33,8 @@ use nix::unistd::Pid;
 
 mod common;
 
-use common::{Fixture, PinnedNs, default_caps, require_root};
+use common::{Fixture, PinnedNs, default_caps};
+use testkit::require_root;
 
 /// Set in the container child: the bundle directory.
 const INIT_ENV: &str = "CRIUS_EXEC_TEST_INIT_BUNDLE";

@@ -23,7 +23,8 @@ use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 
 mod common;
 
-use common::{Fixture, PinnedNs, default_caps, require_root};
+use common::{Fixture, PinnedNs, default_caps};
+use testkit::require_root;
 
 /// Set in the child: the bundle directory.
 const CHILD_ENV: &str = "CRIUS_INIT_TEST_BUNDLE";

@@ -12,19 +12,10 @@ use crius_sandbox::mounts::{DeviceSpec, MountSpec, RootfsSpec, setup_rootfs};
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::statvfs::{FsFlags, statvfs};
+use testkit::require_root;
 
 /// Set in the child: `<scenario>:<fixture dir>`.
 const CHILD_ENV: &str = "CRIUS_MOUNTS_TEST_CHILD";
-
-fn require_root(name: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let required = std::env::var("TEST_REQUIRE").is_ok_and(|v| v.split(',').any(|c| c == "root"));
-    assert!(!required, "{name}: TEST_REQUIRE=root but not running as root");
-    println!("SKIP {name}: needs root (mount namespaces)");
-    false
-}
 
 /// Host mount points under `dir`.
 fn host_mounts_under(dir: &Path) -> Vec<String> {

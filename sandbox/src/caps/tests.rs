@@ -164,12 +164,7 @@ fn in_child(scenario: &str, file: &Path) -> i32 {
 
 #[test]
 fn caps_without_chown_deny_chown_in_child() {
-    let root = nix::unistd::geteuid().is_root()
-        && ::caps::has_cap(None, Kind::Effective, Capability::CAP_SETPCAP).unwrap_or(false);
-    if !root {
-        let required = std::env::var("TEST_REQUIRE").is_ok_and(|v| v.split(',').any(|r| r.trim() == "root"));
-        assert!(!required, "needs root (TEST_REQUIRE=root)");
-        println!("SKIP caps_without_chown_deny_chown_in_child: needs root");
+    if !testkit::require_root("caps_without_chown_deny_chown_in_child") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -318,19 +318,6 @@ fn in_child(scenario: &str, dir: &Path) -> i32 {
     code
 }
 
-/// Whether this process may run privileged tests; prints SKIP otherwise,
-/// or fails when `TEST_REQUIRE` includes `root`.
-fn privileged(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root()
-        && ::caps::has_cap(None, ::caps::CapSet::Effective, ::caps::Capability::CAP_SYS_ADMIN).unwrap_or(false);
-    let required = std::env::var("TEST_REQUIRE").is_ok_and(|v| v.split(',').any(|r| r.trim() == "root"));
-    assert!(root || !required, "{test}: needs root with CAP_SYS_ADMIN (TEST_REQUIRE=root)");
-    if !root {
-        println!("SKIP {test}: needs root with CAP_SYS_ADMIN");
-    }
-    root
-}
-
 #[test]
 fn seccomp_localhost_profile_denies_mkdir_in_child() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -341,7 +328,7 @@ fn seccomp_localhost_profile_denies_mkdir_in_child() {
 
 #[test]
 fn seccomp_runtime_default_denies_unshare_in_child() {
-    if !privileged("seccomp_runtime_default_denies_unshare_in_child") {
+    if !testkit::require_root("seccomp_runtime_default_denies_unshare_in_child") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

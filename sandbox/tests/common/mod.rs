@@ -1,5 +1,5 @@
 //! Fixtures shared by the privileged container tests (`init_run.rs`,
-//! `exec_run.rs`): root check, pinned namespaces, a bundle with a rootfs.
+//! `exec_run.rs`): pinned namespaces, a bundle with a rootfs.
 #![allow(dead_code)] // each test binary uses part of it
 
 use std::fs;
@@ -9,16 +9,6 @@ use std::time::Duration;
 
 use crius_sandbox::ns::spec::{NamespaceSpec, PidNamespace};
 use nix::sys::stat::Mode;
-
-pub fn require_root(name: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let required = std::env::var("TEST_REQUIRE").is_ok_and(|v| v.split(',').any(|c| c == "root"));
-    assert!(!required, "{name}: TEST_REQUIRE=root but not running as root");
-    println!("SKIP {name}: needs root");
-    false
-}
 
 /// Fresh UTS, net and IPC namespaces, kept alive by a sleeping helper that
 /// is killed on drop.
