@@ -1,7 +1,7 @@
 //! The built-in network against the real kernel, inside scratch network
 //! namespaces: one stands for the node, others for pods, so the host is never
-//! touched. Needs root (and `nft` for the hostPort test); skips with
-//! `SKIP <name>: <why>` otherwise, or fails when `TEST_REQUIRE=root` is set.
+//! touched. Needs root, and `nft` for all but the first test; skips
+//! otherwise (`testkit`), or fails when `TEST_REQUIRE` says so.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -13,16 +13,7 @@ use crius_network::firewall::{PortMapping, Protocol};
 use crius_network::netns::{ScratchNetns, run_in};
 use crius_network::plan::{Op, Side};
 use crius_network::rtnl;
-
-fn require_root(name: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let required = std::env::var("TEST_REQUIRE").is_ok_and(|v| v.split(',').any(|c| c == "root"));
-    assert!(!required, "{name}: TEST_REQUIRE=root but not running as root");
-    println!("SKIP {name}: needs root (network namespaces)");
-    false
-}
+use testkit::require_root;
 
 struct Lab {
     dir: tempfile::TempDir,
@@ -84,20 +75,9 @@ fn fetch(ns: &Path, addr: SocketAddr) -> std::io::Result<String> {
     .expect("enter netns")
 }
 
-/// Root and the `nft` tool; prints `SKIP` otherwise.
+/// Root and the `nft` tool; skips otherwise.
 fn require_root_and_nft(name: &str) -> bool {
-    if !require_root(name) {
-        return false;
-    }
-    if !has_nft() {
-        println!("SKIP {name}: nft is not installed (Debian package nftables)");
-        return false;
-    }
-    true
-}
-
-fn has_nft() -> bool {
-    ["/usr/sbin/nft", "/sbin/nft"].iter().any(|p| Path::new(p).exists())
+    require_root(name) && testkit::require_tool(name, "nft", "nftables")
 }
 
 #[test]
@@ -176,7 +156,7 @@ fn host_ports_work_from_the_node_through_localhost_and_go_away() {
 
 #[test]
 fn restore_removes_what_a_crash_left_for_pods_that_are_gone() {
-    if !require_root("restore_removes_what_a_crash_left_for_pods_that_are_gone") {
+    if !require_root_and_nft("restore_removes_what_a_crash_left_for_pods_that_are_gone") {
         return;
     }
     let lab = Lab::new();
@@ -189,13 +169,8 @@ fn restore_removes_what_a_crash_left_for_pods_that_are_gone() {
     // A new crius: only "kept6666" is in its store.
     let net = lab.network();
     let live = [AttachedPod { id: "kept6666".into(), ips: kept_ips.clone(), ports: Vec::new() }];
-    if has_nft() {
-        net.restore(&live).expect("restore");
-        net.remove_rules().expect("remove table");
-    } else {
-        println!("restore: nft missing, checking veths and addresses only");
-        let _ = net.restore(&live);
-    }
+    net.restore(&live).expect("restore");
+    net.remove_rules().expect("remove table");
     assert_eq!(lab.veths(), ["crkept6666"]);
     // The released address goes to the next pod; the kept one is never handed out.
     let next = net.attach("next7777", lab.pod("next").path(), &[]).expect("attach next");
@@ -204,7 +179,7 @@ fn restore_removes_what_a_crash_left_for_pods_that_are_gone() {
 
 #[test]
 fn dual_stack_pods_get_one_address_per_family_and_answer_on_both() {
-    if !require_root("dual_stack_pods_get_one_address_per_family_and_answer_on_both") {
+    if !require_root_and_nft("dual_stack_pods_get_one_address_per_family_and_answer_on_both") {
         return;
     }
     let lab = Lab::new();
@@ -218,12 +193,7 @@ fn dual_stack_pods_get_one_address_per_family_and_answer_on_both() {
     })
     .expect("network");
     let pod = lab.pod("pod6");
-    let with_nft = has_nft();
-    let ports = if with_nft {
-        vec![PortMapping { protocol: Protocol::Tcp, host_ip: None, host_port: 18086, container_port: 80 }]
-    } else {
-        Vec::new()
-    };
+    let ports = [PortMapping { protocol: Protocol::Tcp, host_ip: None, host_port: 18086, container_port: 80 }];
     let ips = net.attach("eeee6666", pod.path(), &ports).expect("attach");
     assert_eq!(ips, [IpAddr::from([10, 124, 0, 2]), "fd12:3456::2".parse::<IpAddr>().expect("ip")]);
     let listener = run_in(Some(pod.path()), || TcpListener::bind("[::]:80")).expect("enter").expect("bind");
@@ -235,18 +205,14 @@ fn dual_stack_pods_get_one_address_per_family_and_answer_on_both() {
     for ip in &ips {
         assert_eq!(fetch(lab.host.path(), SocketAddr::new(*ip, 80)).expect("node to pod"), "both families", "{ip}");
     }
-    if with_nft {
-        // The hostPort on the node's own IPv6 address (the bridge gateway) reaches the pod.
-        let gateway: IpAddr = "fd12:3456::1".parse().expect("ip");
-        assert_eq!(fetch(lab.host.path(), SocketAddr::new(gateway, 18086)).expect("v6 hostPort"), "both families");
-        let v4_gateway = IpAddr::from([10, 124, 0, 1]);
-        assert_eq!(fetch(lab.host.path(), SocketAddr::new(v4_gateway, 18086)).expect("v4 hostPort"), "both families");
-    }
+    // The hostPort on the node's own IPv6 address (the bridge gateway) reaches the pod.
+    let gateway: IpAddr = "fd12:3456::1".parse().expect("ip");
+    assert_eq!(fetch(lab.host.path(), SocketAddr::new(gateway, 18086)).expect("v6 hostPort"), "both families");
+    let v4_gateway = IpAddr::from([10, 124, 0, 1]);
+    assert_eq!(fetch(lab.host.path(), SocketAddr::new(v4_gateway, 18086)).expect("v4 hostPort"), "both families");
     net.detach("eeee6666").expect("detach");
     assert!(rtnl::bridge_ports(Some(lab.host.path()), "crtest6", "cr").expect("ports").is_empty());
-    if with_nft {
-        net.remove_rules().expect("remove table");
-    }
+    net.remove_rules().expect("remove table");
 }
 
 #[test]
