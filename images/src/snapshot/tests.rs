@@ -1,9 +1,5 @@
 use super::*;
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
 /// Unmounts on drop, so a failing assertion never leaves a mount behind.
 struct Mounted(PathBuf);
 
@@ -48,8 +44,7 @@ fn option_values_are_escaped() {
 
 #[test]
 fn sixty_layers_mount_despite_the_option_length_limit() {
-    if !is_root() {
-        eprintln!("SKIP sixty_layers_mount_despite_the_option_length_limit: needs root");
+    if !testkit::require_root("sixty_layers_mount_despite_the_option_length_limit") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -81,8 +76,7 @@ fn sixty_layers_mount_despite_the_option_length_limit() {
 
 #[test]
 fn read_only_view_refuses_writes() {
-    if !is_root() {
-        eprintln!("SKIP read_only_view_refuses_writes: needs root");
+    if !testkit::require_root("read_only_view_refuses_writes") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -6,7 +6,7 @@ use rustix::fs::{FileType, major, minor};
 use tar::{EntryType, Header};
 
 use super::super::{UnpackLimits, unpack_layer};
-use super::{Compression, Layer, MTIME, require_root, unpack};
+use super::{Compression, Layer, MTIME, unpack};
 use crate::digest::Digest;
 
 const LONG_DIR: &str =
@@ -132,7 +132,9 @@ fn check_happy(dest: &Path) {
 
 #[test]
 fn unpack_happy_path_all_compressions() {
-    require_root!("unpack_happy_path_all_compressions");
+    if !testkit::require_root("unpack_happy_path_all_compressions") {
+        return;
+    }
     let (tar, entries) = happy_layer();
     for (compression, blob) in [
         (Compression::None, tar.clone()),
@@ -178,7 +180,9 @@ fn unpack_later_entries_replace_earlier_ones() {
 
 #[test]
 fn unpack_whiteout_replaces_symlink_not_its_target() {
-    require_root!("unpack_whiteout_replaces_symlink_not_its_target");
+    if !testkit::require_root("unpack_whiteout_replaces_symlink_not_its_target") {
+        return;
+    }
     let sandbox = super::Sandbox::new();
     let before = sandbox.snapshot();
     let mut layer = Layer::new();

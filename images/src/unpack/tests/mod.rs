@@ -14,17 +14,6 @@ use tar::{EntryType, Header};
 
 use super::{Compression, UnpackError, UnpackLimits, UnpackStats, unpack_layer};
 
-/// Skips (returns from) a test that needs root.
-macro_rules! require_root {
-    ($name:literal) => {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIP {}: needs root", $name);
-            return;
-        }
-    };
-}
-pub(super) use require_root;
-
 /// A fixed, recognisable mtime.
 const MTIME: u64 = 1_600_000_000;
 
