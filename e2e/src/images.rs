@@ -33,8 +33,8 @@ pub struct ImageEnv {
 }
 
 impl ImageEnv {
-    /// An open registry and a crius with default flags; `None` (after
-    /// `SKIP`) without the registry binary outside CI.
+    /// An open registry and a crius with default flags; `None` (after a
+    /// skip) without the registry binary.
     pub async fn start(test: &str) -> Result<Option<Self>> {
         let Some(registry) = TestRegistry::start(test) else { return Ok(None) };
         Self::with_registry(registry, &[]).await.map(Some)
@@ -197,18 +197,13 @@ pub fn raw_tar(entries: &[RawEntry<'_>]) -> Vec<u8> {
 const BUSYBOX: &str = "/bin/busybox";
 
 /// A registry with a one-layer busybox image (`/bin/sh` is busybox, so its
-/// applets run inside the shell) and a crius that pulled it; `None` (after
-/// `SKIP`) without root, or without busybox outside CI.
+/// applets run inside the shell) and a crius that pulled it; `None` (after a
+/// skip) without root, busybox or the registry.
 pub async fn busybox_env(test: &str) -> Result<Option<(ImageEnv, String)>> {
-    if !nix::unistd::geteuid().is_root() {
-        println!("SKIP {test}: needs root");
+    if !testkit::require_root(test) || !testkit::require_tool(test, BUSYBOX, "busybox-static") {
         return Ok(None);
     }
-    let Ok(busybox) = std::fs::read(BUSYBOX) else {
-        assert!(std::env::var_os("CI").is_none(), "{test}: {BUSYBOX} is missing (apt-get install busybox-static)");
-        println!("SKIP {test}: {BUSYBOX} is missing");
-        return Ok(None);
-    };
+    let busybox = std::fs::read(BUSYBOX).with_context(|| format!("read {BUSYBOX}"))?;
     let Some(env) = ImageEnv::start(test).await? else { return Ok(None) };
     let tar = crate::registry::layer_tar(&[
         ("bin/sh", &busybox, 0o755),

@@ -16,17 +16,9 @@ use tonic::transport::Channel;
 
 use crate::CriusDirs;
 
-/// Whether the test can run: root and `nft`; prints `SKIP` otherwise.
-pub fn skip(name: &str) -> bool {
-    let why = if !nix::unistd::geteuid().is_root() {
-        "needs root"
-    } else if !Path::new("/usr/sbin/nft").exists() {
-        "needs nft (Debian package nftables)"
-    } else {
-        return false;
-    };
-    println!("SKIP {name}: {why}");
-    true
+/// Whether the test can run: root and `nft`; skips (`testkit`) otherwise.
+pub fn can_run(name: &str) -> bool {
+    testkit::require_root(name) && testkit::require_tool(name, "nft", "nftables")
 }
 
 /// A RunPodSandbox request for a pod mapping `host_port` to its port 80.

@@ -2,8 +2,9 @@
 //! (distribution 2.8) on 127.0.0.1, a free port, temp storage; and a small
 //! image builder to fill it (layer tars, gzip and zstd, manifests, indexes).
 //!
-//! Without the binary, [`TestRegistry::start`] prints `SKIP ...` and returns
-//! `None`, or panics when `CI` is set. The harness panics (with the
+//! Without the binary (or `openssl`, for TLS), [`TestRegistry::start`] skips
+//! through `testkit` and returns `None`, or panics when `TEST_REQUIRE`
+//! names `tools`. The harness panics (with the
 //! registry's answer) when the registry refuses an upload: that is a broken
 //! test, not a result.
 
@@ -85,7 +86,7 @@ pub struct PushedImage {
 }
 
 impl TestRegistry {
-    /// An open registry, or `None` (after `SKIP`) without the binary.
+    /// An open registry, or `None` (after a skip) without the binary.
     pub fn start(test: &str) -> Option<Self> {
         Self::launch(test, false, false)
     }
@@ -109,10 +110,9 @@ impl TestRegistry {
     fn launch(test: &str, htpasswd: bool, tls: bool) -> Option<Self> {
         let bin =
             std::env::var_os("CRIUS_TEST_REGISTRY_BIN").map_or_else(|| PathBuf::from(REGISTRY_BIN), PathBuf::from);
-        if !bin.exists() {
-            let msg = format!("{} is missing (apt-get install docker-registry)", bin.display());
-            assert!(std::env::var_os("CI").is_none(), "{test}: {msg}");
-            println!("SKIP {test}: {msg}");
+        if !testkit::require_tool(test, &bin, "docker-registry")
+            || tls && !testkit::require_tool(test, "openssl", "openssl")
+        {
             return None;
         }
         let mut last_error = String::new();

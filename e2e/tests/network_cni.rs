@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cri_api::v1::{RemovePodSandboxRequest, StatusRequest};
-use crius_e2e::pod_net::{fetch, pod, pod_ip, serve_in_pod, skip, walk_files};
+use crius_e2e::pod_net::{can_run, fetch, pod, pod_ip, serve_in_pod, walk_files};
 use crius_e2e::{Crius, CriusDirs};
 use nix::sys::signal::Signal;
 
@@ -76,11 +76,10 @@ async fn network_ready(crius: &Crius) -> anyhow::Result<(bool, String)> {
 #[tokio::test]
 async fn cni_plugins_connect_pods_and_del_works_after_a_restart() -> anyhow::Result<()> {
     let name = "cni_plugins_connect_pods_and_del_works_after_a_restart";
-    if skip(name) {
-        return Ok(());
-    }
-    if !Path::new(PLUGINS).join("portmap").exists() || Command::new("iptables").arg("-V").output().is_err() {
-        println!("SKIP {name}: needs containernetworking-plugins in {PLUGINS} and iptables");
+    if !can_run(name)
+        || !testkit::require_tool(name, Path::new(PLUGINS).join("portmap"), "containernetworking-plugins")
+        || !testkit::require_tool(name, "iptables", "iptables")
+    {
         return Ok(());
     }
     let dirs = CriusDirs::new()?;

@@ -10,10 +10,6 @@ use cri_api::v1::{
 };
 use crius_e2e::{Crius, CriusDirs, mounts_under};
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 fn config(name: &str) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
@@ -47,8 +43,7 @@ fn run(name: &str) -> RunPodSandboxRequest {
 
 #[tokio::test]
 async fn pod_lifecycle_and_nothing_left_behind() -> anyhow::Result<()> {
-    if !is_root() {
-        println!("SKIP pod_lifecycle_and_nothing_left_behind: needs root");
+    if !testkit::require_root("pod_lifecycle_and_nothing_left_behind") {
         return Ok(());
     }
     let dirs = CriusDirs::new()?;
@@ -153,8 +148,7 @@ async fn bad_pod_requests_are_refused_and_change_nothing() -> anyhow::Result<()>
 
 #[tokio::test]
 async fn pods_survive_a_crius_sigkill() -> anyhow::Result<()> {
-    if !is_root() {
-        println!("SKIP pods_survive_a_crius_sigkill: needs root");
+    if !testkit::require_root("pods_survive_a_crius_sigkill") {
         return Ok(());
     }
     let dirs = CriusDirs::new()?;
