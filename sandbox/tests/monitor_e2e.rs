@@ -1,8 +1,9 @@
-//! The monitor end to end, as root: the real `monitor::run` (this test binary
-//! re-executed as the ignored test `child_monitor`) and the real host API
-//! (`ns::container`), with a fake init: a bash script that follows init's
-//! protocol (ready byte on `$CRIUS_INIT_READY_FD`, block on the start FIFO,
-//! then exec the container command).
+//! The monitor end to end, as root (skipped otherwise, through `testkit`):
+//! the real `monitor::run` (this test binary re-executed as the ignored test
+//! `child_monitor`) and the real host API (`ns::container`), with a fake
+//! init: a bash script that follows init's protocol (ready byte on
+//! `$CRIUS_INIT_READY_FD`, block on the start FIFO, then exec the container
+//! command).
 
 use std::ffi::CString;
 use std::fs;
@@ -24,6 +25,7 @@ use crius_sandbox::ns::spec::{
 use crius_sandbox::seccomp::SeccompProfile;
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::unistd::Pid;
+use testkit::require_root;
 
 const STAGE_ENV: &str = "CRIUS_TEST_MONITOR_STAGE";
 const CREATE_DIR_ENV: &str = "CRIUS_TEST_CREATE_DIR";
@@ -255,6 +257,9 @@ fn smaps_rollup(pid: i32) -> String {
 
 #[test]
 fn monitor_runs_a_container_end_to_end() {
+    if !require_root("monitor_runs_a_container_end_to_end") {
+        return;
+    }
     let mut fx = Fixture::new(
         "",
         r#"echo hello; echo world >&2; grep SigBlk /proc/self/status; ls /proc/self/fd | tr '\n' ' '; echo
@@ -304,6 +309,9 @@ while [ ! -e "$D/go" ]; do sleep 0.02; done; printf tail"#,
 
 #[test]
 fn monitor_records_exit_codes_and_signals() {
+    if !require_root("monitor_records_exit_codes_and_signals") {
+        return;
+    }
     let fx = Fixture::new("", "exit 3");
     fx.create().expect("create");
     container::start(&fx.bundle()).expect("start");
@@ -324,6 +332,9 @@ fn monitor_records_exit_codes_and_signals() {
 
 #[test]
 fn monitor_reports_init_failure() {
+    if !require_root("monitor_reports_init_failure") {
+        return;
+    }
     let fx = Fixture::new("echo 'mount /proc: operation not permitted' >&2; exit 1", "exit 0");
     match fx.create() {
         Err(ContainerError::Init(msg)) => assert_eq!(msg, "mount /proc: operation not permitted"),
@@ -339,6 +350,9 @@ fn monitor_reports_init_failure() {
 
 #[test]
 fn monitor_create_times_out_and_cleans_up() {
+    if !require_root("monitor_create_times_out_and_cleans_up") {
+        return;
+    }
     let fx = Fixture::new("exec sleep 100", "exit 0");
     let err = container::create(&fx.bundle(), &fx.spec, &fx.path("monitor.sh"), Duration::from_millis(500));
     assert!(matches!(err, Err(ContainerError::Timeout { .. })), "{err:?}");
@@ -347,6 +361,9 @@ fn monitor_create_times_out_and_cleans_up() {
 
 #[test]
 fn monitor_start_after_init_died_fails() {
+    if !require_root("monitor_start_after_init_died_fails") {
+        return;
+    }
     let fx = Fixture::new("", "exit 0");
     fx.create().expect("create");
     container::kill(&fx.bundle(), Signal::SIGKILL).expect("kill");
@@ -358,6 +375,9 @@ fn monitor_start_after_init_died_fails() {
 
 #[test]
 fn monitor_death_is_reported() {
+    if !require_root("monitor_death_is_reported") {
+        return;
+    }
     let fx = Fixture::new("", "exit 0");
     let created = fx.create().expect("create");
     kill(Pid::from_raw(created.monitor_pid), Signal::SIGKILL).expect("kill monitor");
@@ -371,6 +391,9 @@ fn monitor_death_is_reported() {
 
 #[test]
 fn monitor_survives_its_parents_death() {
+    if !require_root("monitor_survives_its_parents_death") {
+        return;
+    }
     let fx = Fixture::new("", r#"echo before; while [ ! -e "$D/go" ]; do sleep 0.02; done; echo after; exit 7"#);
     let mut middle = Command::new(std::env::current_exe().expect("exe"))
         .args(["--exact", "child_create", "--ignored", "--nocapture", "--test-threads=1"])
@@ -394,6 +417,9 @@ fn monitor_survives_its_parents_death() {
 
 #[test]
 fn monitor_reopens_the_log_on_sigusr1() {
+    if !require_root("monitor_reopens_the_log_on_sigusr1") {
+        return;
+    }
     let fx = Fixture::new("", r#"echo one; while [ ! -e "$D/go" ]; do sleep 0.02; done; echo two"#);
     fx.create().expect("create");
     container::start(&fx.bundle()).expect("start");
@@ -410,6 +436,9 @@ fn monitor_reopens_the_log_on_sigusr1() {
 
 #[test]
 fn monitor_splits_long_lines() {
+    if !require_root("monitor_splits_long_lines") {
+        return;
+    }
     let fx = Fixture::new("", r"head -c 20480 /dev/zero | tr '\0' x; echo; echo done");
     fx.create().expect("create");
     container::start(&fx.bundle()).expect("start");
@@ -428,6 +457,9 @@ fn monitor_splits_long_lines() {
 
 #[test]
 fn monitor_copies_a_terminal() {
+    if !require_root("monitor_copies_a_terminal") {
+        return;
+    }
     let mut fx = Fixture::new("", "echo hi; echo err >&2; [ -t 0 ] && [ -t 1 ] && echo tty");
     fx.spec.process.terminal = true;
     fx.create().expect("create");
