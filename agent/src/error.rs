@@ -4,6 +4,7 @@
 //! which gRPC code a failure becomes.
 
 use crius_images::store::{ErrorKind as ImageErrorKind, ImageError};
+use crius_sandbox::backend::BackendError;
 
 use crate::store::StoreError;
 
@@ -65,6 +66,9 @@ pub enum AgentError {
     /// The pod network failed.
     #[error("pod network")]
     Network(#[from] crius_network::NetError),
+    /// A runtime backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
 }
 
 /// Converts an agent error into the gRPC status returned to the client.
@@ -83,6 +87,15 @@ pub fn status(error: &AgentError) -> tonic::Status {
         AgentError::Timeout(_) => tonic::Status::deadline_exceeded(message),
         AgentError::Network(e) if e.is_invalid_input() => tonic::Status::invalid_argument(message),
         AgentError::Network(_) => tonic::Status::internal(message),
+        AgentError::Backend(e) => match e {
+            BackendError::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
+            BackendError::BadState(_) => tonic::Status::failed_precondition(message),
+            BackendError::Timeout(_) => tonic::Status::deadline_exceeded(message),
+            BackendError::StartFailed(_)
+            | BackendError::WrongBackend { .. }
+            | BackendError::NewerVersion { .. }
+            | BackendError::Failed { .. } => tonic::Status::internal(message),
+        },
         AgentError::Image(e) => match e.kind() {
             ImageErrorKind::NotFound => tonic::Status::not_found(message),
             ImageErrorKind::InvalidArgument => tonic::Status::invalid_argument(message),

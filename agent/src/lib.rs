@@ -4,6 +4,7 @@
 //! This crate is the composition root: the only place where the library
 //! crates (`sandbox`, `network`, `images`) are wired together.
 
+pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod cri;

@@ -1,15 +1,17 @@
-//! Pod sandboxes and containers: the namespace backend (namespaces, cgroups,
-//! mounts, process spawn, security) and, later, the KVM backend.
+//! Pod sandboxes and containers: the runtime seam ([`backend`]: what every
+//! runtime must do), the namespace backend (namespaces, cgroups, mounts,
+//! process spawn, security) and, later, the KVM backend.
 //!
 //! This crate must not depend on `agent`, `network` or `images`: it takes
-//! plain data (an OCI runtime spec, a rootfs path, a network namespace path)
-//! that the agent translates from CRI.
+//! plain data (the neutral requests of [`backend`]) that the agent
+//! translates from CRI.
 //!
 //! `unsafe` is denied crate-wide; the few calls that need it (fork, exec
 //! set-up in the child) live in modules that allow it explicitly and carry a
 //! `// SAFETY:` comment on every block.
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod caps;
 pub mod cgroups;
 pub mod logs;
@@ -18,6 +20,7 @@ pub mod ns;
 pub mod seccomp;
 #[allow(unsafe_code)]
 mod sys;
+pub mod users;
 
 /// An error and its causes on one line (`outer: inner: innermost`), as the
 /// internal processes print it before exiting.

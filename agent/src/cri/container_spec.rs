@@ -1,6 +1,6 @@
-//! CRI ContainerConfig + image config + pod → the bundle's `ContainerSpec`.
-//! Pure translation (the only I/O is reading the image's passwd and group
-//! files, inside the rootfs, to resolve user names).
+//! CRI ContainerConfig + image config + pod → the backend-neutral
+//! `ContainerRequest`. Pure translation: names in the image's passwd and
+//! group files are looked up by the backend, which has the rootfs.
 
 use std::path::{Path, PathBuf};
 
@@ -8,9 +8,11 @@ use cri_api::v1::security_profile::ProfileType;
 use cri_api::v1::{
     ContainerConfig, LinuxContainerSecurityContext, MountPropagation, NamespaceMode, SupplementalGroupsPolicy,
 };
-use crius_sandbox::mounts::{DeviceSpec, MountSpec, Propagation, RootfsSpec, resolve_in_root};
-use crius_sandbox::ns::pod::PodPaths;
-use crius_sandbox::ns::spec::{CapabilitySpec, ContainerSpec, NamespaceSpec, PidNamespace, ProcessSpec, UserSpec};
+use crius_sandbox::backend::{
+    CapabilitySpec, ContainerRequest, FilesystemRequest, PidMode, ProcessRequest, RootfsLayers, UserRequest,
+};
+use crius_sandbox::mounts::{DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS, DeviceSpec, MountSpec, Propagation};
+
 use crius_sandbox::seccomp::SeccompProfile;
 
 use crate::error::AgentError;
@@ -51,17 +53,15 @@ impl ImageDefaults {
     }
 }
 
-/// Everything besides the CRI config that shapes the spec.
+/// Everything besides the CRI config that shapes the request.
 #[derive(Debug)]
 pub struct SpecInputs<'a> {
     /// Container id.
     pub id: &'a str,
-    /// The mounted rootfs (overlay) on the host.
-    pub rootfs: &'a Path,
+    /// The image's layers and the container's writable layer.
+    pub rootfs: RootfsLayers,
     /// The image's defaults.
     pub image: &'a ImageDefaults,
-    /// The pod's namespaces and files.
-    pub pod: &'a PodPaths,
     /// The pod's hostname.
     pub hostname: &'a str,
     /// The pod's namespace modes: network, pid, ipc (CRI values).
@@ -72,41 +72,35 @@ pub struct SpecInputs<'a> {
     pub log_path: Option<PathBuf>,
 }
 
-/// Builds the container spec.
-pub fn build(config: &ContainerConfig, inputs: &SpecInputs<'_>) -> Result<ContainerSpec, AgentError> {
+/// Builds the backend's request.
+pub fn build(config: &ContainerConfig, inputs: SpecInputs<'_>) -> Result<ContainerRequest, AgentError> {
     let security = config.linux.as_ref().and_then(|l| l.security_context.clone()).unwrap_or_default();
     let privileged = security.privileged;
-    let mut rootfs = RootfsSpec::new(inputs.rootfs.to_path_buf());
-    rootfs.readonly_rootfs = security.readonly_rootfs;
-    rootfs.privileged = privileged;
-    if !privileged {
-        if !security.masked_paths.is_empty() {
-            rootfs.masked_paths = security.masked_paths.clone();
-        }
-        if !security.readonly_paths.is_empty() {
-            rootfs.readonly_paths = security.readonly_paths.clone();
-        }
-    }
-    rootfs.mounts = mounts(config)?;
-    rootfs.devices = config
-        .devices
-        .iter()
-        .map(|d| DeviceSpec {
-            host_path: PathBuf::from(&d.host_path),
-            container_path: d.container_path.clone(),
-            permissions: d.permissions.clone(),
-        })
-        .collect();
-    rootfs.shm = Some(inputs.pod.shm.clone());
-    rootfs.hostname_file = Some(inputs.pod.hostname.clone());
-    rootfs.hosts_file = Some(inputs.pod.hosts.clone());
-    rootfs.resolv_file = Some(inputs.pod.resolv_conf.clone());
-
-    let process = ProcessSpec {
+    let defaults = |list: &[&str]| list.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>();
+    let chosen = |asked: &[String], default: &[&str]| if asked.is_empty() { defaults(default) } else { asked.to_vec() };
+    let filesystem = FilesystemRequest {
+        rootfs: inputs.rootfs,
+        readonly_rootfs: security.readonly_rootfs,
+        mounts: mounts(config)?,
+        devices: config
+            .devices
+            .iter()
+            .map(|d| DeviceSpec {
+                host_path: PathBuf::from(&d.host_path),
+                container_path: d.container_path.clone(),
+                permissions: d.permissions.clone(),
+            })
+            .collect(),
+        masked_paths: chosen(&security.masked_paths, DEFAULT_MASKED_PATHS),
+        readonly_paths: chosen(&security.readonly_paths, DEFAULT_READONLY_PATHS),
+        privileged,
+    };
+    let resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
+    let process = ProcessRequest {
         args: args(config, inputs.image)?,
         env: env(config, inputs.image, &pod_hostname(inputs.hostname)),
         cwd: cwd(config, inputs.image),
-        user: user(&security, inputs.image, inputs.rootfs)?,
+        user: user(&security, inputs.image),
         terminal: config.tty,
         stdin: config.stdin,
         stdin_once: config.stdin_once,
@@ -115,17 +109,17 @@ pub fn build(config: &ContainerConfig, inputs: &SpecInputs<'_>) -> Result<Contai
         seccomp: seccomp(&security)?,
         apparmor_profile: None,
         rlimits: Vec::new(),
-        oom_score_adj: config.linux.as_ref().and_then(|l| l.resources.as_ref()).map(|r| clamp_oom(r.oom_score_adj)),
+        oom_score_adj: resources.map(|r| clamp_oom(r.oom_score_adj)),
     };
-    Ok(ContainerSpec {
+    Ok(ContainerRequest {
         id: inputs.id.to_owned(),
-        rootfs,
+        filesystem,
         process,
-        namespaces: namespaces(&security, inputs),
-        hostname: (inputs.pod.uts.is_some()).then(|| inputs.hostname.to_owned()).filter(|h| !h.is_empty()),
-        cgroup: inputs.cgroup.clone(),
-        sysctls: Default::default(),
-        log_path: inputs.log_path.clone(),
+        pid: pid_mode(&security, inputs.pod_modes),
+        hostname: inputs.hostname.to_owned(),
+        cgroup: inputs.cgroup,
+        resources: resources.map(super::resources::cgroup_resources),
+        log_path: inputs.log_path,
     })
 }
 
@@ -182,108 +176,17 @@ fn cwd(config: &ContainerConfig, image: &ImageDefaults) -> String {
     [&config.working_dir, &image.working_dir].into_iter().find(|d| !d.is_empty()).cloned().unwrap_or_else(|| "/".into())
 }
 
-/// uid/gid/groups: CRI's run_as_* first, else the image's User; names are
-/// looked up in the image's /etc/passwd and /etc/group.
-fn user(
-    security: &LinuxContainerSecurityContext,
-    image: &ImageDefaults,
-    rootfs: &Path,
-) -> Result<UserSpec, AgentError> {
-    let (image_user, image_group) = image.user.split_once(':').unwrap_or((image.user.as_str(), ""));
-    let passwd = read_in_rootfs(rootfs, "/etc/passwd");
-    let group = read_in_rootfs(rootfs, "/etc/group");
-    let invalid =
-        |reason: String| AgentError::InvalidArgument { field: "config.linux.security_context.run_as_username", reason };
-    if security.run_as_group.is_some() && security.run_as_user.is_none() && security.run_as_username.is_empty() {
-        return Err(AgentError::InvalidArgument {
-            field: "config.linux.security_context.run_as_group",
-            reason: "run_as_group needs run_as_user or run_as_username".into(),
-        });
+/// Who the process runs as: CRI's run_as_* first, else the image's User;
+/// the backend resolves names in the image's /etc/passwd and /etc/group.
+fn user(security: &LinuxContainerSecurityContext, image: &ImageDefaults) -> UserRequest {
+    UserRequest {
+        run_as_user: security.run_as_user.as_ref().map(|u| u.value),
+        run_as_username: security.run_as_username.clone(),
+        run_as_group: security.run_as_group.as_ref().map(|g| g.value),
+        supplemental_groups: security.supplemental_groups.clone(),
+        strict_groups: security.supplemental_groups_policy == SupplementalGroupsPolicy::Strict as i32,
+        image_user: image.user.clone(),
     }
-    let (uid, name, primary_gid) = if let Some(uid) = &security.run_as_user {
-        let uid = u32::try_from(uid.value).map_err(|_| invalid(format!("uid {} out of range", uid.value)))?;
-        let entry = passwd_by_uid(&passwd, uid);
-        (uid, entry.as_ref().map(|e| e.0.clone()), entry.map(|e| e.2))
-    } else {
-        let wanted = if security.run_as_username.is_empty() { image_user } else { security.run_as_username.as_str() };
-        match wanted.parse::<u32>() {
-            Ok(uid) => {
-                let entry = passwd_by_uid(&passwd, uid);
-                (uid, entry.as_ref().map(|e| e.0.clone()), entry.map(|e| e.2))
-            }
-            Err(_) if wanted.is_empty() => (0, Some("root".to_owned()), Some(0)),
-            Err(_) => {
-                let entry = passwd_by_name(&passwd, wanted)
-                    .ok_or_else(|| invalid(format!("user {wanted:?} is not in the image's /etc/passwd")))?;
-                (entry.1, Some(entry.0), Some(entry.2))
-            }
-        }
-    };
-    let gid = match (&security.run_as_group, image_group) {
-        (Some(gid), _) => u32::try_from(gid.value).map_err(|_| invalid(format!("gid {} out of range", gid.value)))?,
-        (None, "") => primary_gid.unwrap_or(0),
-        (None, group_name) => group_name
-            .parse::<u32>()
-            .ok()
-            .or_else(|| group_by_name(&group, group_name))
-            .ok_or_else(|| invalid(format!("group {group_name:?} is not in the image's /etc/group")))?,
-    };
-    // The primary group is a supplementary group too (as runc, crun and
-    // containerd set it: `id` lists it). Merge (the default) adds the groups
-    // the image's /etc/group gives the user; Strict only the ones the
-    // request lists.
-    let strict = security.supplemental_groups_policy == SupplementalGroupsPolicy::Strict as i32;
-    let mut additional_gids: Vec<u32> = vec![gid];
-    if !strict {
-        additional_gids.extend(name.map(|n| groups_of(&group, &n)).unwrap_or_default());
-    }
-    for extra in &security.supplemental_groups {
-        if let Ok(extra) = u32::try_from(*extra) {
-            additional_gids.push(extra);
-        }
-    }
-    additional_gids.sort_unstable();
-    additional_gids.dedup();
-    Ok(UserSpec { uid, gid, additional_gids })
-}
-
-fn read_in_rootfs(rootfs: &Path, path: &str) -> String {
-    resolve_in_root(rootfs, Path::new(path)).ok().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
-}
-
-/// (name, uid, gid) of a passwd line.
-fn passwd_entries(passwd: &str) -> impl Iterator<Item = (String, u32, u32)> + '_ {
-    passwd.lines().filter_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        Some((fields.first()?.to_string(), fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
-    })
-}
-
-fn passwd_by_uid(passwd: &str, uid: u32) -> Option<(String, u32, u32)> {
-    passwd_entries(passwd).find(|e| e.1 == uid)
-}
-
-fn passwd_by_name(passwd: &str, name: &str) -> Option<(String, u32, u32)> {
-    passwd_entries(passwd).find(|e| e.0 == name)
-}
-
-fn group_by_name(group: &str, name: &str) -> Option<u32> {
-    group.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        (fields.first() == Some(&name)).then(|| fields.get(2)?.parse().ok()).flatten()
-    })
-}
-
-/// gids of the groups that list `user` as a member.
-fn groups_of(group: &str, user: &str) -> Vec<u32> {
-    group
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            let members = fields.get(3)?;
-            members.split(',').any(|m| m.trim() == user).then(|| fields.get(2)?.parse().ok()).flatten()
-        })
-        .collect()
 }
 
 fn capabilities(security: &LinuxContainerSecurityContext) -> Result<CapabilitySpec, AgentError> {
@@ -417,18 +320,16 @@ fn mounts(config: &ContainerConfig) -> Result<Vec<MountSpec>, AgentError> {
         .collect()
 }
 
-fn namespaces(security: &LinuxContainerSecurityContext, inputs: &SpecInputs<'_>) -> NamespaceSpec {
-    let pid_mode = security.namespace_options.as_ref().map_or(inputs.pod_modes[1], |o| o.pid);
-    let pid = if pid_mode == NamespaceMode::Node as i32 {
-        PidNamespace::Host
-    } else if pid_mode == NamespaceMode::Pod as i32
-        && let Some(path) = &inputs.pod.pid
-    {
-        PidNamespace::Pod(path.clone())
+/// The container's PID namespace: its own setting, else the pod's.
+fn pid_mode(security: &LinuxContainerSecurityContext, pod_modes: [i32; 3]) -> PidMode {
+    let mode = security.namespace_options.as_ref().map_or(pod_modes[1], |o| o.pid);
+    if mode == NamespaceMode::Node as i32 {
+        PidMode::Node
+    } else if mode == NamespaceMode::Pod as i32 {
+        PidMode::Pod
     } else {
-        PidNamespace::Container
-    };
-    NamespaceSpec { net: inputs.pod.net.clone(), ipc: inputs.pod.ipc.clone(), uts: inputs.pod.uts.clone(), pid }
+        PidMode::Container
+    }
 }
 
 /// Raises an OOM score adjustment to what this process may set: without

@@ -63,6 +63,8 @@ pub struct AgentState {
     /// garbage collection holds it exclusively, so it never deletes what a
     /// pull has fetched but not yet recorded.
     pub image_gc: tokio::sync::RwLock<()>,
+    /// The runtime handlers and their backends.
+    pub backends: crate::backends::Backends,
     /// Per pod and per container locks (see [`locks`]).
     pub locks: locks::KeyedLocks,
     /// The host's cgroup layout, or why none could be detected.
@@ -86,7 +88,9 @@ impl AgentState {
         }
         let pod_cidrs = store.setting(runtime_config::POD_CIDR_SETTING).ok().flatten();
         let network = crate::network::PodNetwork::open(&config, pod_cidrs.as_deref());
+        let backends = crate::backends::Backends::from_config(&config, &cgroup_mode);
         Self {
+            backends,
             network,
             streaming: std::sync::OnceLock::new(),
             config,

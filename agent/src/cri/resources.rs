@@ -78,19 +78,11 @@ pub fn update_container_resources(
     }
     let Some(cri) = request.linux.as_ref() else { return Ok(UpdateContainerResourcesResponse {}) };
     validate(cri, "linux")?;
-    let path = super::containers::details(&record)?
-        .cgroup
-        .ok_or_else(|| AgentError::Runtime(format!("container {} has no cgroup", record.id)))?;
-    Cgroup::open(state.cgroups()?, &path).map_err(runtime_err)?.apply(&cgroup_resources(cri)).map_err(runtime_err)?;
+    let (backend, handle, _) = super::containers::backend_of(state, &record)?;
+    backend.update_resources(&handle, &cgroup_resources(cri))?;
     super::containers::record_resources(state, &record.id, cri)?;
     tracing::info!(container_id = %record.id, "container resources updated");
     Ok(UpdateContainerResourcesResponse {})
-}
-
-/// Whether the kernel's OOM killer killed something in the container's cgroup.
-pub fn oom_killed(state: &AgentState, cgroup_path: Option<&str>) -> bool {
-    let (Ok(mode), Some(path)) = (state.cgroups(), cgroup_path) else { return false };
-    Cgroup::open(mode, path).and_then(|c| c.oom_killed()).unwrap_or(false)
 }
 
 #[cfg(test)]

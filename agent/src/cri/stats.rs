@@ -141,7 +141,7 @@ pub fn list_pod_sandbox_stats(
 
 fn pod_stats_of(state: &AgentState, pod: &PodRecord) -> Result<PodSandboxStats, AgentError> {
     let timestamp = now_ns();
-    let cgroup = pod.config.get("cgroup").and_then(|c| c.as_str()).map(str::to_owned);
+    let cgroup = super::pods::details(pod)?.cgroup;
     let sample = cgroup_stats(state, cgroup.as_deref());
     let containers = state
         .store
@@ -179,9 +179,8 @@ fn pod_stats_of(state: &AgentState, pod: &PodRecord) -> Result<PodSandboxStats, 
 
 fn stats_of(state: &AgentState, record: &ContainerRecord) -> ContainerStats {
     let timestamp = now_ns();
-    let cgroup = record.config.get("cgroup").and_then(|c| c.as_str()).map(str::to_owned);
     let running = record.state == ContainerState::Running;
-    let sample = if running { cgroup_stats(state, cgroup.as_deref()) } else { None };
+    let sample = if running { container_usage(state, record) } else { None };
     let (measured_at, writable) =
         state.writable_usage.get(&record.id, || state.images.snapshots().usage(&record.id).ok());
     ContainerStats {
@@ -204,6 +203,20 @@ fn stats_of(state: &AgentState, record: &ContainerRecord) -> ContainerStats {
     }
 }
 
+/// A running container's usage, from its backend; `None` (reported as
+/// zeros) when it cannot be read, with the reason at debug level.
+fn container_usage(state: &AgentState, record: &ContainerRecord) -> Option<CgroupStats> {
+    let (backend, handle, _) = super::containers::backend_of(state, record).ok()?;
+    match backend.container_usage(&handle) {
+        Ok(usage) => usage,
+        Err(e) => {
+            tracing::debug!(container_id = %record.id, error = %crate::error::chain(&e), "no usage for container");
+            None
+        }
+    }
+}
+
+/// The pod cgroup's usage (the pod cgroup is the agent's).
 fn cgroup_stats(state: &AgentState, path: Option<&str>) -> Option<CgroupStats> {
     let mode = state.cgroup_mode.as_ref().ok()?;
     let cgroup = Cgroup::open(mode, path?).ok()?;

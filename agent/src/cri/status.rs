@@ -43,14 +43,27 @@ pub fn status(state: &AgentState, request: StatusRequest) -> Result<StatusRespon
     Ok(StatusResponse {
         status: Some(RuntimeStatus { conditions: vec![runtime, network] }),
         info,
-        runtime_handlers: vec![RuntimeHandler {
-            name: String::new(),
-            // Recursive read-only mounts: every submount is remounted read-only
-            // (sandbox::mounts). User namespaces are not implemented yet.
-            features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: true, user_namespaces: false }),
-        }],
+        runtime_handlers: runtime_handlers(state),
         features: Some(RuntimeFeatures { supplemental_groups_policy: true, user_namespaces_host_network: false }),
     })
+}
+
+/// Every configured handler with what it supports.
+fn runtime_handlers(state: &AgentState) -> Vec<RuntimeHandler> {
+    state
+        .backends
+        .iter()
+        .map(|(name, backend)| {
+            let features = backend.features();
+            RuntimeHandler {
+                name: name.to_owned(),
+                features: Some(RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: features.recursive_read_only_mounts,
+                    user_namespaces: features.user_namespaces,
+                }),
+            }
+        })
+        .collect()
 }
 
 /// RuntimeReady: the state store answers, the state directories are

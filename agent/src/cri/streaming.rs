@@ -1,13 +1,12 @@
 //! Exec, Attach and PortForward: check the request, then hand back a
 //! single-use URL of the streaming server (see [`crate::streaming`]).
 
-use cri_api::v1::{
-    AttachRequest, AttachResponse, ExecRequest, ExecResponse, NamespaceMode, PortForwardRequest, PortForwardResponse,
-};
+use cri_api::v1::{AttachRequest, AttachResponse, ExecRequest, ExecResponse, PortForwardRequest, PortForwardResponse};
 
 use super::AgentState;
-use super::containers::running_bundle;
+use super::containers::running;
 use crate::error::AgentError;
+use crate::streaming::portforward::PodPorts;
 use crate::streaming::remotecommand::StreamOptions;
 use crate::streaming::{Pending, StreamServer};
 
@@ -34,33 +33,28 @@ pub fn exec(state: &AgentState, request: ExecRequest) -> Result<ExecResponse, Ag
         return Err(AgentError::InvalidArgument { field: "cmd", reason: "empty command".into() });
     }
     let options = stream_options(request.stdin, request.stdout, request.stderr, request.tty)?;
-    let bundle = running_bundle(state, &request.container_id)?;
-    let url = server(state)?.issue(Pending::Exec { bundle, cmd: request.cmd, options })?;
+    let (backend, container, _) = running(state, &request.container_id)?;
+    let url = server(state)?.issue(Pending::Exec { backend, container, cmd: request.cmd, options })?;
     Ok(ExecResponse { url })
 }
 
 /// Attach: a URL that connects to the container's stdio (kept by its monitor).
 pub fn attach(state: &AgentState, request: AttachRequest) -> Result<AttachResponse, AgentError> {
     let options = stream_options(request.stdin, request.stdout, request.stderr, request.tty)?;
-    let bundle = running_bundle(state, &request.container_id)?;
-    let spec_path = bundle.join(crius_sandbox::ns::spec::SPEC_FILE);
-    let spec: crius_sandbox::ns::spec::ContainerSpec = std::fs::read(&spec_path)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .ok_or_else(|| AgentError::Runtime(format!("read {}", spec_path.display())))?;
-    if request.stdin && !spec.process.stdin {
+    let (backend, container, details) = running(state, &request.container_id)?;
+    if request.stdin && !details.stdin {
         return Err(AgentError::InvalidArgument {
             field: "stdin",
             reason: "the container was not created with stdin".into(),
         });
     }
-    if request.tty != spec.process.terminal {
+    if request.tty != details.tty {
         return Err(AgentError::InvalidArgument {
             field: "tty",
-            reason: format!("the container was created with tty={}", spec.process.terminal),
+            reason: format!("the container was created with tty={}", details.tty),
         });
     }
-    let url = server(state)?.issue(Pending::Attach { bundle, options })?;
+    let url = server(state)?.issue(Pending::Attach { backend, container, options })?;
     Ok(AttachResponse { url })
 }
 
@@ -74,19 +68,13 @@ pub fn port_forward(state: &AgentState, request: PortForwardRequest) -> Result<P
         });
     }
     let details = super::pods::details(&record)?;
-    let netns = if details.namespace_modes[0] == NamespaceMode::Node as i32 {
-        None
-    } else {
-        Some(
-            details
-                .paths
-                .and_then(|p| p.net)
-                .ok_or_else(|| AgentError::Runtime(format!("pod sandbox {} has no network namespace", record.id)))?,
-        )
-    };
+    let pod = details
+        .handle
+        .ok_or_else(|| AgentError::Runtime(format!("pod sandbox {} has no runtime handle", record.id)))?;
+    let backend = std::sync::Arc::clone(state.backends.get(&record.runtime_handler)?);
     if let Some(port) = request.port.iter().find(|p| !(1..=65535).contains(*p)) {
         return Err(AgentError::InvalidArgument { field: "port", reason: format!("{port} is not a port number") });
     }
-    let url = server(state)?.issue(Pending::PortForward { netns })?;
+    let url = server(state)?.issue(Pending::PortForward(PodPorts::new(backend, pod)))?;
     Ok(PortForwardResponse { url })
 }

@@ -5,6 +5,7 @@
 //! at any point leaves either the old or the new state, and a store that opens.
 //! redb also locks the file, so two crius processes never share one store.
 
+mod migrate;
 mod records;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 /// The schema this build writes. Bump it, and add a migration in
 /// [`StateStore::migrate`], whenever a record changes incompatibly.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// The file name of the store under `--root`.
 pub const STORE_FILE: &str = "state.redb";
@@ -166,7 +167,6 @@ impl StateStore {
                 Some(found) if found > SCHEMA_VERSION => {
                     return Err(StoreError::NewerSchema { path: self.path.clone(), found, supported: SCHEMA_VERSION });
                 }
-                // Version 1 is the first schema: nothing older to migrate from.
                 Some(_) | None => {
                     meta.insert(SCHEMA_KEY, SCHEMA_VERSION).map_err(|e| self.err("write schema version", e))?;
                 }
@@ -174,9 +174,40 @@ impl StateStore {
             for kind in RecordKind::ALL {
                 txn.open_table(kind.table()).map_err(|e| self.err("create record table", e))?;
             }
+            if found == Some(1) {
+                self.migrate_records(&txn, migrate::v1_to_v2)?;
+            }
             txn.open_table(SETTINGS).map_err(|e| self.err("create settings table", e))?;
         }
         txn.commit().map_err(|e| self.err("commit schema", e))
+    }
+
+    /// Rewrites every pod and container record with `rewrite` (in the
+    /// schema migration's transaction).
+    fn migrate_records(
+        &self,
+        txn: &redb::WriteTransaction,
+        rewrite: fn(RecordKind, &str, &mut serde_json::Value),
+    ) -> Result<(), StoreError> {
+        for kind in [RecordKind::Pod, RecordKind::Container] {
+            let mut table = txn.open_table(kind.table()).map_err(|e| self.err("open table", e))?;
+            let mut rewritten = Vec::new();
+            for entry in table.iter().map_err(|e| self.err("migrate records", e))? {
+                let (key, value) = entry.map_err(|e| self.err("migrate records", e))?;
+                let Ok(mut record) = serde_json::from_slice::<serde_json::Value>(value.value()) else { continue };
+                rewrite(kind, key.value(), &mut record);
+                let bytes = serde_json::to_vec(&record).map_err(|source| StoreError::Encode {
+                    kind,
+                    id: key.value().to_owned(),
+                    source,
+                })?;
+                rewritten.push((key.value().to_owned(), bytes));
+            }
+            for (id, bytes) in rewritten {
+                table.insert(id.as_str(), bytes.as_slice()).map_err(|e| self.err("migrate records", e))?;
+            }
+        }
+        Ok(())
     }
 
     /// The schema version recorded in the file.

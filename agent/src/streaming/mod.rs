@@ -3,9 +3,7 @@
 //! upgrade to SPDY/3.1 (or WebSocket). URLs carry single-use tokens that
 //! expire; an unknown, used or expired token gets 404.
 
-pub mod attach;
 pub mod portforward;
-pub mod process;
 pub mod remotecommand;
 pub mod spdy;
 mod spdy_serve;
@@ -13,10 +11,7 @@ pub mod websocket;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,19 +21,21 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use crate::error::AgentError;
-use remotecommand::{Outcome, ProcessIo, StreamOptions};
+use crius_sandbox::backend::{Backend, ContainerHandle, ExecStart};
 
-/// The future that resolves when a session's process ends.
-pub type WaitFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+use crate::error::AgentError;
+use portforward::PodPorts;
+use remotecommand::{ProcessIo, StreamOptions};
 
 /// What a token was issued for.
 #[derive(Debug, Clone)]
 pub enum Pending {
     /// Run a command in a container.
     Exec {
-        /// The container's bundle.
-        bundle: PathBuf,
+        /// The container's backend.
+        backend: Arc<dyn Backend>,
+        /// The container.
+        container: ContainerHandle,
         /// argv.
         cmd: Vec<String>,
         /// Streams.
@@ -46,16 +43,15 @@ pub enum Pending {
     },
     /// Connect to a container's stdio.
     Attach {
-        /// The container's bundle.
-        bundle: PathBuf,
+        /// The container's backend.
+        backend: Arc<dyn Backend>,
+        /// The container.
+        container: ContainerHandle,
         /// Streams.
         options: StreamOptions,
     },
     /// Forward ports of a pod.
-    PortForward {
-        /// The pod's network namespace (`None`: the node's).
-        netns: Option<PathBuf>,
-    },
+    PortForward(PodPorts),
 }
 
 impl Pending {
@@ -63,25 +59,25 @@ impl Pending {
         match self {
             Self::Exec { .. } => "exec",
             Self::Attach { .. } => "attach",
-            Self::PortForward { .. } => "portforward",
+            Self::PortForward(_) => "portforward",
         }
     }
 
     fn options(&self) -> StreamOptions {
         match self {
             Self::Exec { options, .. } | Self::Attach { options, .. } => *options,
-            Self::PortForward { .. } => StreamOptions { stdin: false, stdout: false, stderr: false, tty: false },
+            Self::PortForward(_) => StreamOptions::default(),
         }
     }
 
     /// Starts the process the session talks to.
-    async fn start(&self, options: StreamOptions) -> Result<ProcessIo<WaitFuture>, AgentError> {
+    async fn start(&self, options: StreamOptions) -> Result<ProcessIo, AgentError> {
         match self {
-            Self::Attach { bundle, .. } => attach::connect(bundle, options).await,
-            Self::Exec { bundle, cmd, .. } => {
-                Ok(process::spawn(bundle, cmd, options.tty, options.stdin).await?.into_io())
+            Self::Attach { backend, container, .. } => Ok(backend.attach(container, options).await?),
+            Self::Exec { backend, container, cmd, .. } => {
+                Ok(backend.exec(container, ExecStart { args: cmd.clone(), options }).await?)
             }
-            Self::PortForward { .. } => Err(AgentError::InvalidArgument {
+            Self::PortForward(_) => Err(AgentError::InvalidArgument {
                 field: "url",
                 reason: "a port-forward URL cannot run a command".into(),
             }),
@@ -235,7 +231,7 @@ async fn handle(server: Arc<StreamServer>, req: Request<Incoming>) -> Result<Res
         return Ok(reply(StatusCode::BAD_REQUEST, "expected Upgrade: SPDY/3.1 or websocket"));
     }
     let supported: &[&str] = match &pending {
-        Pending::PortForward { .. } => &["portforward.k8s.io"],
+        Pending::PortForward(_) => &["portforward.k8s.io"],
         Pending::Exec { .. } | Pending::Attach { .. } => &remotecommand::PROTOCOLS,
     };
     let Some(protocol) =
@@ -255,7 +251,7 @@ async fn handle(server: Arc<StreamServer>, req: Request<Incoming>) -> Result<Res
         };
         let session = spdy::session::Session::start(TokioIo::new(upgraded));
         match pending {
-            Pending::PortForward { netns } => spdy_serve::serve_port_forward(session, netns).await,
+            Pending::PortForward(pod) => spdy_serve::serve_port_forward(session, pod).await,
             command => spdy_serve::serve_remote_command(session, version, command).await,
         }
     });
@@ -271,7 +267,7 @@ fn upgrade_websocket(req: Request<Incoming>, pending: Pending) -> Response<Full<
         return reply(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
     let supported: &[&str] = match &pending {
-        Pending::PortForward { .. } => &[websocket::PORT_FORWARD_PROTOCOL],
+        Pending::PortForward(_) => &[websocket::PORT_FORWARD_PROTOCOL],
         Pending::Exec { .. } | Pending::Attach { .. } => &websocket::REMOTE_COMMAND_PROTOCOLS,
     };
     let Some(protocol) = offered(&req, "sec-websocket-protocol").into_iter().find(|p| supported.contains(&p.as_str()))
@@ -305,7 +301,7 @@ fn upgrade_websocket(req: Request<Incoming>, pending: Pending) -> Response<Full<
             tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
         match pending {
-            Pending::PortForward { netns } => websocket::serve_port_forward(ws, netns, ports).await,
+            Pending::PortForward(pod) => websocket::serve_port_forward(ws, pod, ports).await,
             command => websocket::serve_remote_command(ws, version, command).await,
         }
     });

@@ -7,25 +7,14 @@
 use std::future::Future;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+
+pub use crius_sandbox::backend::{Outcome, ProcessIo, ResizeFn, StreamOptions};
 
 /// Remote command protocol versions, oldest first.
 pub const PROTOCOLS: [&str; 5] =
     ["channel.k8s.io", "v2.channel.k8s.io", "v3.channel.k8s.io", "v4.channel.k8s.io", "v5.channel.k8s.io"];
-
-/// What the session carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamOptions {
-    /// Input.
-    pub stdin: bool,
-    /// Output.
-    pub stdout: bool,
-    /// Error output (never with a tty).
-    pub stderr: bool,
-    /// A terminal.
-    pub tty: bool,
-}
 
 /// 1 for `channel.k8s.io` … 5 for `v5.channel.k8s.io`.
 pub fn version_of(protocol: &str) -> u8 {
@@ -45,15 +34,6 @@ pub struct Channels {
     pub stderr: Option<mpsc::Sender<Bytes>>,
     /// The final status.
     pub error: mpsc::Sender<Bytes>,
-}
-
-/// How the process ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Exit code.
-    Exited(i32),
-    /// It could not run.
-    Failed(String),
 }
 
 /// The final status in the format of protocol `version`; empty when that
@@ -78,36 +58,9 @@ pub fn status_message(version: u8, outcome: &Outcome) -> Option<Bytes> {
     }
 }
 
-/// Sets the terminal size: width, height.
-pub type ResizeFn = Box<dyn Fn(u16, u16) + Send + Sync>;
-
-/// The process side: its stdio, terminal, and a way to wait for its end.
-pub struct ProcessIo<W> {
-    /// Input.
-    pub stdin: Option<Box<dyn AsyncWrite + Send + Unpin>>,
-    /// Output.
-    pub stdout: Option<Box<dyn AsyncRead + Send + Unpin>>,
-    /// Error output.
-    pub stderr: Option<Box<dyn AsyncRead + Send + Unpin>>,
-    /// Applies a terminal size (width, height), when there is a terminal.
-    pub resize: Option<ResizeFn>,
-    /// Resolves to the outcome when the process ends; dropping it must stop
-    /// the process (the client went away).
-    pub wait: W,
-}
-
-impl<W> std::fmt::Debug for ProcessIo<W> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProcessIo").finish_non_exhaustive()
-    }
-}
-
 /// Connects the process to the channels until it ends or the client goes
 /// (`gone`); then sends the status and closes the output channels.
-pub async fn relay<W>(process: ProcessIo<W>, channels: Channels, version: u8, gone: impl Future<Output = ()>)
-where
-    W: Future<Output = Outcome> + Send,
-{
+pub async fn relay(process: ProcessIo, channels: Channels, version: u8, gone: impl Future<Output = ()>) {
     let ProcessIo { stdin, stdout, stderr, resize: resize_fn, wait } = process;
     let Channels { stdin: stdin_rx, resize, stdout: stdout_tx, stderr: stderr_tx, error } = channels;
     if let (Some(mut rx), Some(mut input)) = (stdin_rx, stdin) {

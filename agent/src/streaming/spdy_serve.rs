@@ -2,16 +2,16 @@
 //! (the `streamtype` header), and the adapters between SPDY streams and the
 //! protocol-independent channels of [`super::remotecommand`].
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::remotecommand::{self, Channels, Outcome, StreamOptions};
+use super::Pending;
+use super::portforward::PodPorts;
+use super::remotecommand::{self, Channels, Outcome};
 use super::spdy::session::{Session, SpdyStream, StreamWriter};
-use super::{Pending, portforward};
 
 /// How long the client gets to open the streams it asked for.
 const STREAMS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -128,7 +128,7 @@ impl Streams {
 
 /// Serves port forwarding: each connection is a pair of streams (error and
 /// data) with the same `requestid`, for one `port` of the pod.
-pub async fn serve_port_forward(mut session: Session, netns: Option<PathBuf>) {
+pub async fn serve_port_forward(mut session: Session, pod: PodPorts) {
     let mut errors: std::collections::HashMap<String, StreamWriter> = std::collections::HashMap::new();
     while let Some(stream) = session.streams.recv().await {
         let request = stream.header("requestid").unwrap_or_default().to_owned();
@@ -139,7 +139,7 @@ pub async fn serve_port_forward(mut session: Session, netns: Option<PathBuf>) {
             Some("data") => {
                 let error = errors.remove(&request);
                 let port = stream.header("port").and_then(|p| p.parse::<u16>().ok());
-                tokio::spawn(forward_one(stream, port, error, netns.clone()));
+                tokio::spawn(forward_one(stream, port, error, pod.clone()));
             }
             other => tracing::debug!(streamtype = ?other, "ignoring a port-forward stream of unknown type"),
         }
@@ -147,7 +147,7 @@ pub async fn serve_port_forward(mut session: Session, netns: Option<PathBuf>) {
     session.close().await;
 }
 
-async fn forward_one(stream: SpdyStream, port: Option<u16>, error: Option<StreamWriter>, netns: Option<PathBuf>) {
+async fn forward_one(stream: SpdyStream, port: Option<u16>, error: Option<StreamWriter>, pod: PodPorts) {
     let (mut from_client, to_client) = stream.split();
     let report = |message: String| {
         let error = error.clone();
@@ -164,7 +164,7 @@ async fn forward_one(stream: SpdyStream, port: Option<u16>, error: Option<Stream
         to_client.close().await;
         return;
     };
-    let socket = match portforward::connect(netns.as_deref(), port).await {
+    let socket = match pod.connect(port).await {
         Ok(socket) => socket,
         Err(e) => {
             report(format!("failed to connect to localhost:{port} inside the pod: {e}")).await;
@@ -172,7 +172,7 @@ async fn forward_one(stream: SpdyStream, port: Option<u16>, error: Option<Stream
             return;
         }
     };
-    let (mut tcp_read, mut tcp_write) = socket.into_split();
+    let (mut tcp_read, mut tcp_write) = tokio::io::split(socket);
     let upstream = async move {
         while let Some(data) = from_client.recv().await {
             if tcp_write.write_all(&data).await.is_err() {
@@ -199,18 +199,5 @@ async fn forward_one(stream: SpdyStream, port: Option<u16>, error: Option<Stream
     tokio::join!(upstream, downstream);
     if let Some(error) = error {
         error.close().await;
-    }
-}
-
-impl StreamOptions {
-    /// Whether the options are valid for a session.
-    pub fn check(&self) -> Result<(), &'static str> {
-        if !self.stdin && !self.stdout && !self.stderr {
-            return Err("one of stdin, stdout and stderr must be requested");
-        }
-        if self.tty && self.stderr {
-            return Err("tty and stderr cannot both be requested");
-        }
-        Ok(())
     }
 }

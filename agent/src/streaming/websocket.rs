@@ -4,8 +4,6 @@
 //! v5 255 = "close channel N"; port forward: per port, channel 2i carries
 //! data and 2i+1 errors, each opened by the port number, little-endian).
 
-use std::path::PathBuf;
-
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -137,7 +135,7 @@ where
 }
 
 /// Serves port forwarding for `ports` (from the URL's `port` parameters).
-pub async fn serve_port_forward<S>(ws: WebSocketStream<S>, netns: Option<PathBuf>, ports: Vec<u16>)
+pub async fn serve_port_forward<S>(ws: WebSocketStream<S>, pod: super::portforward::PodPorts, ports: Vec<u16>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -151,7 +149,7 @@ where
         }
         let _ = sink.close().await;
     });
-    let mut to_pod: Vec<Option<tokio::net::tcp::OwnedWriteHalf>> = Vec::new();
+    let mut to_pod: Vec<Option<tokio::io::WriteHalf<crius_sandbox::backend::DuplexStream>>> = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let (data_ch, error_ch) = channel_pair(i);
         for ch in [data_ch, error_ch] {
@@ -159,9 +157,9 @@ where
             opening.extend_from_slice(&port.to_le_bytes());
             let _ = out_tx.send(opening).await;
         }
-        match super::portforward::connect(netns.as_deref(), *port).await {
+        match pod.connect(*port).await {
             Ok(socket) => {
-                let (mut read, write) = socket.into_split();
+                let (mut read, write) = tokio::io::split(socket);
                 to_pod.push(Some(write));
                 let out = out_tx.clone();
                 tokio::spawn(async move {

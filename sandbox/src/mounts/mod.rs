@@ -35,6 +35,7 @@
 
 mod exec;
 mod mountinfo;
+pub mod overlay;
 mod plan;
 mod resolve;
 

@@ -4,6 +4,7 @@
 //! `config.json`) and the processes that run a container.
 
 pub mod attach;
+pub mod backend;
 pub mod container;
 pub mod exec;
 pub mod init;
@@ -12,3 +13,4 @@ mod loopback;
 pub mod monitor;
 pub mod pod;
 pub mod spec;
+mod streams;

@@ -178,6 +178,26 @@ pub fn pod_dir(run_root: &Path, id: &str) -> Result<PathBuf, PodError> {
     if valid { Ok(run_root.join("pods").join(id)) } else { Err(PodError::InvalidId(id.to_owned())) }
 }
 
+/// Where [`create_pod`] puts the pieces of pod `id` (nothing is made).
+pub fn plan_paths(run_root: &Path, id: &str, namespaces: PodNamespaces) -> Result<PodPaths, PodError> {
+    Ok(paths_in(&pod_dir(run_root, id)?, namespaces))
+}
+
+fn paths_in(dir: &Path, ns: PodNamespaces) -> PodPaths {
+    let pinned = |wanted: bool, kind: &str| wanted.then(|| dir.join("ns").join(kind));
+    PodPaths {
+        dir: dir.to_path_buf(),
+        net: pinned(ns.net, "net"),
+        ipc: pinned(ns.ipc, "ipc"),
+        uts: pinned(ns.uts, "uts"),
+        pid: pinned(ns.pid, "pid"),
+        shm: if ns.ipc { dir.join("shm") } else { PathBuf::from("/dev/shm") },
+        hostname: dir.join("hostname"),
+        hosts: dir.join("hosts"),
+        resolv_conf: dir.join("resolv.conf"),
+    }
+}
+
 /// Creates the pod's namespaces and files. On failure everything made so far
 /// is removed again.
 pub fn create_pod(run_root: &Path, spec: &PodSpec, self_exe: &Path) -> Result<PodPaths, PodError> {
@@ -198,19 +218,10 @@ fn create_inner(dir: &Path, spec: &PodSpec, self_exe: &Path) -> Result<PodPaths,
     if ns.net || ns.ipc || ns.uts || ns.pid {
         run_pin_helper(self_exe, &ns_dir, ns, &hostname, &spec.sysctls)?;
     }
-    let pinned = |wanted: bool, kind: &str| wanted.then(|| ns_dir.join(kind));
-    let shm = if ns.ipc { mount_shm(dir)? } else { PathBuf::from("/dev/shm") };
-    let paths = PodPaths {
-        dir: dir.to_path_buf(),
-        net: pinned(ns.net, "net"),
-        ipc: pinned(ns.ipc, "ipc"),
-        uts: pinned(ns.uts, "uts"),
-        pid: pinned(ns.pid, "pid"),
-        shm,
-        hostname: dir.join("hostname"),
-        hosts: dir.join("hosts"),
-        resolv_conf: dir.join("resolv.conf"),
-    };
+    if ns.ipc {
+        mount_shm(dir)?;
+    }
+    let paths = paths_in(dir, ns);
     write(&paths.hostname, format!("{hostname}\n"))?;
     write(&paths.hosts, hosts_file(&hostname))?;
     write(&paths.resolv_conf, resolv_conf(&spec.dns)?)?;
@@ -320,14 +331,12 @@ fn unmount_if_mounted(path: &Path) -> Result<(), PodError> {
     }
 }
 
-fn mount_shm(dir: &Path) -> Result<PathBuf, PodError> {
+fn mount_shm(dir: &Path) -> Result<(), PodError> {
     let shm = dir.join("shm");
     fs::create_dir_all(&shm).map_err(|source| io("create", &shm, source))?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let options = format!("mode=1777,size={SHM_SIZE}");
-    mount(Some("shm"), &shm, Some("tmpfs"), flags, Some(options.as_str()))
-        .map_err(|e| io("mount shm", &shm, e.into()))?;
-    Ok(shm)
+    mount(Some("shm"), &shm, Some("tmpfs"), flags, Some(options.as_str())).map_err(|e| io("mount shm", &shm, e.into()))
 }
 
 /// File holding the pod init's pid (in the host's PID namespace).

@@ -5,36 +5,9 @@ use cri_api::v1::{
 
 use super::*;
 
-fn pod(dir: &Path) -> PodPaths {
-    PodPaths {
-        dir: dir.to_path_buf(),
-        net: Some(dir.join("ns/net")),
-        ipc: Some(dir.join("ns/ipc")),
-        uts: Some(dir.join("ns/uts")),
-        pid: None,
-        shm: dir.join("shm"),
-        hostname: dir.join("hostname"),
-        hosts: dir.join("hosts"),
-        resolv_conf: dir.join("resolv.conf"),
-    }
-}
-
-/// A rootfs with the passwd and group files of the harness's busybox image.
+/// A rootfs directory (unused by the translation, which reads nothing).
 fn rootfs() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir(dir.path().join("etc")).expect("etc");
-    std::fs::write(
-        dir.path().join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/false\n\
-         default-user:x:1000:1000::/home/default-user:/bin/sh\n",
-    )
-    .expect("passwd");
-    std::fs::write(
-        dir.path().join("etc/group"),
-        "root:x:0:\nwheel:x:10:root\nwww-data:x:33:\ngroup-defined-in-image:x:50000:default-user\n",
-    )
-    .expect("group");
-    dir
+    tempfile::tempdir().expect("tempdir")
 }
 
 fn security(f: impl FnOnce(&mut LinuxContainerSecurityContext)) -> Option<LinuxContainerConfig> {
@@ -43,15 +16,13 @@ fn security(f: impl FnOnce(&mut LinuxContainerSecurityContext)) -> Option<LinuxC
     Some(LinuxContainerConfig { security_context: Some(security), ..LinuxContainerConfig::default() })
 }
 
-fn spec(config: &ContainerConfig, image: &ImageDefaults, root: &Path) -> Result<ContainerSpec, AgentError> {
-    let pod = pod(Path::new("/run/crius/pods/p"));
+fn spec(config: &ContainerConfig, image: &ImageDefaults, root: &Path) -> Result<ContainerRequest, AgentError> {
     build(
         config,
-        &SpecInputs {
+        SpecInputs {
             id: "c1",
-            rootfs: root,
+            rootfs: RootfsLayers { layers: vec![root.to_path_buf()], upper: root.join("u"), work: root.join("w") },
             image,
-            pod: &pod,
             hostname: "web",
             pod_modes: [0, 0, 0],
             cgroup: Some("crius/pod-p/c1".into()),
@@ -109,44 +80,30 @@ fn cri_env_overrides_the_image() {
 }
 
 #[test]
-fn users_come_from_cri_then_the_image() {
+fn users_are_passed_on_for_the_backend_to_resolve() {
     let root = rootfs();
-    let user = |image_user: &str, linux: Option<LinuxContainerConfig>| {
-        let image = ImageDefaults { user: image_user.into(), ..busybox() };
-        spec(&ContainerConfig { linux, ..ContainerConfig::default() }, &image, root.path()).map(|s| s.process.user)
+    let image = ImageDefaults { user: "www-data:1004".into(), ..busybox() };
+    let config = ContainerConfig {
+        linux: security(|s| {
+            s.run_as_user = Some(Int64Value { value: 1000 });
+            s.run_as_group = Some(Int64Value { value: 2000 });
+            s.supplemental_groups = vec![3000];
+            s.supplemental_groups_policy = SupplementalGroupsPolicy::Strict as i32;
+        }),
+        ..ContainerConfig::default()
     };
-    // The primary group is listed with the others, as runc and containerd
-    // do: `id` in a root busybox container prints groups=0(root),10(wheel).
-    assert_eq!(user("", None).expect("root"), UserSpec { uid: 0, gid: 0, additional_gids: vec![0, 10] });
-    assert_eq!(user("www-data", None).expect("name"), UserSpec { uid: 33, gid: 33, additional_gids: vec![33] });
-    assert_eq!(user("1003:1004", None).expect("ids"), UserSpec { uid: 1003, gid: 1004, additional_gids: vec![1004] });
-    assert_eq!(user("www-data:1004", None).expect("mixed").gid, 1004);
-    let predefined = user("1000", None).expect("image group membership");
-    assert_eq!(predefined, UserSpec { uid: 1000, gid: 1000, additional_gids: vec![1000, 50000] });
-    let cri = security(|s| {
-        s.run_as_user = Some(Int64Value { value: 1000 });
-        s.run_as_group = Some(Int64Value { value: 2000 });
-        s.supplemental_groups = vec![3000];
-    });
+    let user = spec(&config, &image, root.path()).expect("request").process.user;
     assert_eq!(
-        user("www-data", cri).expect("cri"),
-        UserSpec { uid: 1000, gid: 2000, additional_gids: vec![2000, 3000, 50000] }
+        user,
+        UserRequest {
+            run_as_user: Some(1000),
+            run_as_username: String::new(),
+            run_as_group: Some(2000),
+            supplemental_groups: vec![3000],
+            strict_groups: true,
+            image_user: "www-data:1004".into(),
+        }
     );
-    let strict = security(|s| {
-        s.run_as_user = Some(Int64Value { value: 1000 });
-        s.supplemental_groups = vec![1234];
-        s.supplemental_groups_policy = SupplementalGroupsPolicy::Strict as i32;
-    });
-    assert_eq!(
-        user("www-data", strict).expect("strict"),
-        UserSpec { uid: 1000, gid: 1000, additional_gids: vec![1000, 1234] },
-        "Strict leaves out the image's group 50000"
-    );
-    let group_only = security(|s| s.run_as_group = Some(Int64Value { value: 5 }));
-    let err = user("", group_only).expect_err("group without user");
-    assert!(err.to_string().contains("run_as_group"), "{err}");
-    let err = user("nobody-here", None).expect_err("unknown user");
-    assert!(err.to_string().contains("nobody-here"), "{err}");
 }
 
 #[test]
@@ -202,15 +159,16 @@ fn mounts_paths_and_namespaces() {
         ..ContainerConfig::default()
     };
     let spec = spec(&config, &busybox(), root.path()).expect("spec");
-    assert_eq!(spec.rootfs.mounts[0].destination, "/data");
-    assert!(spec.rootfs.mounts[0].readonly);
-    assert_eq!(spec.rootfs.mounts[0].propagation, Propagation::RSlave);
-    assert!(spec.rootfs.readonly_rootfs);
-    assert_eq!(spec.rootfs.shm.as_deref(), Some(Path::new("/run/crius/pods/p/shm")));
+    let fs = &spec.filesystem;
+    assert_eq!(fs.mounts[0].destination, "/data");
+    assert!(fs.mounts[0].readonly);
+    assert_eq!(fs.mounts[0].propagation, Propagation::RSlave);
+    assert!(fs.readonly_rootfs);
+    assert_eq!(fs.masked_paths.len(), DEFAULT_MASKED_PATHS.len(), "the default masked paths");
     assert_eq!(spec.process.cwd, "/work");
     assert!(spec.process.capabilities.effective.is_empty(), "drop ALL");
-    assert_eq!(spec.namespaces.net.as_deref(), Some(Path::new("/run/crius/pods/p/ns/net")));
-    assert_eq!(spec.hostname.as_deref(), Some("web"));
+    assert_eq!(spec.pid, PidMode::Pod, "the pod's mode (POD is 0)");
+    assert_eq!(spec.hostname, "web");
     assert_eq!(spec.cgroup.as_deref(), Some("crius/pod-p/c1"));
 }
 
@@ -229,7 +187,7 @@ fn recursive_read_only_mounts_must_be_read_only_and_private() {
         ..ContainerConfig::default()
     };
     let ok = spec(&mount(true, MountPropagation::PropagationPrivate), &busybox(), root.path()).expect("valid");
-    assert!(ok.rootfs.mounts[0].recursive_readonly);
+    assert!(ok.filesystem.mounts[0].recursive_readonly);
     for bad in [
         mount(false, MountPropagation::PropagationPrivate),
         mount(true, MountPropagation::PropagationHostToContainer),

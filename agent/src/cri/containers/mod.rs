@@ -1,15 +1,15 @@
 //! Container RPCs: CreateContainer, StartContainer, StopContainer,
 //! RemoveContainer, ContainerStatus, ListContainers, ReopenContainerLog.
 //!
-//! A container's rootfs is the image's layers under an overlay mounted at
-//! `<run_root>/rootfs/<id>`; its bundle (`<run_root>/containers/<id>`) is run
-//! by a monitor process that outlives crius (see `sandbox/DESIGN.md`).
+//! The CRI request becomes a backend-neutral `ContainerRequest` (the image's
+//! layer directories, the container's writable layer, mounts, the process),
+//! which the pod's backend turns into a container its own way.
 
 mod record;
 mod status;
 mod stop;
 
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cri_api::v1::{
@@ -17,29 +17,24 @@ use cri_api::v1::{
     StartContainerRequest, StartContainerResponse,
 };
 use crius_images::digest::Digest;
-use crius_images::snapshot::unmount_rootfs;
-use crius_sandbox::ns::container::{self as runtime, ContainerError};
-use nix::sys::signal::Signal;
+use crius_sandbox::backend::{Backend, BackendError, ContainerHandle, RootfsLayers, START_ERROR_EXIT_CODE};
 
-pub use self::record::{ContainerDetails, details, mark_unknown, refresh};
-use self::record::{ProcessUser, START_ERROR_EXIT_CODE, StoredResources, container_cgroup, log_path, to_json, update};
+pub use self::record::{ContainerDetails, backend_of, details, mark_unknown, refresh};
+use self::record::{ProcessUser, StoredResources, container_cgroup, log_path, to_json, update};
 pub use self::status::{container_status, list_containers};
 pub use self::stop::{stop, stop_container};
 use super::AgentState;
 use super::container_spec::{self, ImageDefaults, SpecInputs};
-use super::pods::{PodDetails, new_id, now_ns, runtime_err};
+use super::pods::{new_id, now_ns};
 use crate::error::AgentError;
 use crate::image_index;
 use crate::store::{ContainerRecord, ContainerState, ImageRecord, PodRecord, PodState};
 
-/// How long CreateContainer waits for the container's init to be ready.
-const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// How long StartContainer waits for a container that could not start to
-/// be reported exited by its monitor.
+/// be reported exited.
 const START_ERROR_WAIT: Duration = Duration::from_secs(5);
 
-/// Creates a container: rootfs, bundle, monitor and an init that waits for StartContainer.
+/// Creates a container, ready for StartContainer.
 pub fn create_container(
     state: &AgentState,
     request: CreateContainerRequest,
@@ -64,8 +59,8 @@ pub fn create_container(
 }
 
 /// CreateContainer, once the pod is known to be ready: every check on the
-/// request comes before anything is made, and the record (with the paths
-/// of what will be made) before the first thing is.
+/// request comes before anything is made, and the record (with the
+/// backend's plan of what will be made) before the first thing is.
 fn create_in_pod(
     state: &AgentState,
     pod: &PodRecord,
@@ -73,14 +68,18 @@ fn create_in_pod(
 ) -> Result<CreateContainerResponse, AgentError> {
     let metadata = config.metadata.clone().unwrap_or_default();
     let pod_details = super::pods::details(pod)?;
+    let pod_handle = pod_details
+        .handle
+        .clone()
+        .ok_or_else(|| AgentError::Runtime(format!("pod sandbox {} has no runtime handle", pod.id)))?;
+    let backend = Arc::clone(state.backends.get(&pod.runtime_handler)?);
     let image_ref = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
     let image = image_index::find(&state.store, &image_ref)?
         .ok_or_else(|| AgentError::NotFound { kind: "image", id: image_ref.clone() })?;
     let image_parts = ImageParts::read(state, &image)?;
     let log_path = log_path(&pod_details.log_directory, &config.log_path)?;
     container_spec::check_mounts(config)?;
-    let resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
-    if let Some(resources) = resources {
+    if let Some(resources) = config.linux.as_ref().and_then(|l| l.resources.as_ref()) {
         super::resources::validate(resources, "config.linux.resources")?;
     }
     let pod_cgroup = pod_details
@@ -89,13 +88,32 @@ fn create_in_pod(
         .ok_or_else(|| AgentError::Runtime(format!("pod sandbox {} has no cgroup to put the container in", pod.id)))?;
     let id = new_id()?;
     tracing::Span::current().record("container_id", id.as_str());
+    let writable = state.images.snapshots().locate(&id).map_err(|e| AgentError::Runtime(crate::error::chain(&e)))?;
+    let request = container_spec::build(
+        config,
+        SpecInputs {
+            id: &id,
+            rootfs: RootfsLayers {
+                layers: state.images.layer_dirs(&image_parts.chain_ids),
+                upper: writable.upper,
+                work: writable.work,
+            },
+            image: &image_parts.defaults,
+            hostname: &pod_details.hostname,
+            pod_modes: pod_details.namespace_modes,
+            cgroup: Some(container_cgroup(state, &pod_cgroup, &id)),
+            log_path: (!log_path.is_empty()).then(|| log_path.clone().into()),
+        },
+    )?;
+    let mut handle = backend.plan_container(&pod_handle, &request)?;
     let details = ContainerDetails {
-        bundle: state.config.run_root.join("containers").join(&id),
-        rootfs: state.config.run_root.join("rootfs").join(&id),
+        handler: pod.runtime_handler.clone(),
+        handle: Some(handle.clone()),
         log_path,
-        cgroup: Some(container_cgroup(state, &pod_cgroup, &id)),
         mounts: config.mounts.iter().map(Into::into).collect(),
-        resources: resources.map(StoredResources::from),
+        tty: config.tty,
+        stdin: config.stdin,
+        resources: config.linux.as_ref().and_then(|l| l.resources.as_ref()).map(StoredResources::from),
         ..ContainerDetails::default()
     };
     let mut record = ContainerRecord {
@@ -117,9 +135,20 @@ fn create_in_pod(
         problem: String::new(),
     };
     state.store.put(&record)?;
-    match start_monitor(state, &pod_details, &image_parts, config, &details) {
-        Ok((monitor_pid, user)) => {
-            let details = ContainerDetails { monitor_pid, user: Some(user), ..details };
+    let created = state
+        .images
+        .snapshots()
+        .prepare(&id)
+        .map_err(|e| AgentError::Runtime(crate::error::chain(&e)))
+        .and_then(|_| Ok(backend.create_container(&pod_handle, &mut handle, &request)?));
+    match created {
+        Ok(created) => {
+            let user = &created.user;
+            let details = ContainerDetails {
+                handle: Some(handle),
+                user: Some(ProcessUser { uid: user.uid, gid: user.gid, groups: user.additional_gids.clone() }),
+                ..details
+            };
             record.config = to_json(&details)?;
             record.state = ContainerState::Created;
             state.store.put(&record)?;
@@ -160,75 +189,14 @@ impl ImageParts {
     }
 }
 
-/// Mounts the rootfs, builds the spec and starts monitor + init.
-fn start_monitor(
-    state: &AgentState,
-    pod: &PodDetails,
-    image: &ImageParts,
-    config: &cri_api::v1::ContainerConfig,
-    details: &ContainerDetails,
-) -> Result<(i32, ProcessUser), AgentError> {
-    let paths = pod.paths.clone().ok_or_else(|| AgentError::Runtime("the pod sandbox has no namespaces".into()))?;
-    let id = details.bundle.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let overlay =
-        state.images.snapshots().prepare(&id, &state.images.layer_dirs(&image.chain_ids)).map_err(runtime_err)?;
-    std::fs::create_dir_all(&details.rootfs).map_err(|e| AgentError::Runtime(format!("create rootfs dir: {e}")))?;
-    overlay.mount(&details.rootfs).map_err(runtime_err)?;
-    let log_path = (!details.log_path.is_empty()).then(|| PathBuf::from(&details.log_path));
-    if let Some(dir) = log_path.as_ref().and_then(|p| p.parent()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| AgentError::Runtime(format!("create log directory {}: {e}", dir.display())))?;
-    }
-    if let Some(path) = &details.cgroup {
-        let resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
-        super::resources::create_cgroup(state, path, resources)?;
-    }
-    let spec = container_spec::build(
-        config,
-        &SpecInputs {
-            id: &id,
-            rootfs: &details.rootfs,
-            image: &image.defaults,
-            pod: &paths,
-            hostname: &pod.hostname,
-            pod_modes: pod.namespace_modes,
-            cgroup: details.cgroup.clone(),
-            log_path,
-        },
-    )?;
-    let self_exe = std::env::current_exe().map_err(|e| AgentError::Runtime(format!("locate crius binary: {e}")))?;
-    let created = runtime::create(&details.bundle, &spec, &self_exe, CREATE_TIMEOUT).map_err(runtime_err)?;
-    let user = &spec.process.user;
-    let mut groups: Vec<u32> = std::iter::once(user.gid).chain(user.additional_gids.iter().copied()).collect();
-    groups.sort_unstable();
-    groups.dedup();
-    Ok((created.monitor_pid, ProcessUser { uid: user.uid, gid: user.gid, groups }))
-}
-
-/// Removes whatever exists of a container: process, bundle, rootfs, snapshot, record.
+/// Removes whatever exists of a container: what its backend made, its
+/// writable layer, its record.
 fn teardown(state: &AgentState, record: &ContainerRecord) -> Result<(), AgentError> {
     let details = details(record)?;
-    if details.bundle.exists() {
-        let _ = runtime::kill(&details.bundle, Signal::SIGKILL);
-        stop::wait_exited(&details.bundle, Duration::from_secs(10));
-        runtime::delete(&details.bundle).map_err(runtime_err)?;
+    if let Some(handle) = &details.handle {
+        state.backends.get(&details.handler)?.remove_container(handle)?;
     }
-    if details.monitor_pid > 0 {
-        runtime::reap(details.monitor_pid);
-    }
-    if let Some(path) = details.cgroup.as_ref() {
-        // Whatever the container process left running (its own children) goes too.
-        let cgroup = crius_sandbox::cgroups::Cgroup::open(state.cgroups()?, path).map_err(runtime_err)?;
-        if cgroup.exists() {
-            cgroup.kill_all(Signal::SIGKILL).map_err(runtime_err)?;
-            cgroup.delete().map_err(runtime_err)?;
-        }
-    }
-    if !details.rootfs.as_os_str().is_empty() {
-        unmount_rootfs(&details.rootfs).map_err(runtime_err)?;
-        let _ = std::fs::remove_dir(&details.rootfs);
-    }
-    state.images.snapshots().remove(&record.id).map_err(runtime_err)?;
+    state.images.snapshots().remove(&record.id).map_err(|e| AgentError::Runtime(crate::error::chain(&e)))?;
     state.store.delete::<ContainerRecord>(&record.id)?;
     Ok(())
 }
@@ -257,11 +225,13 @@ pub fn start_container(
                 reason: format!("container {} is not in the created state", record.id),
             });
         }
-        let details = details(&record)?;
-        let started_at = match runtime::start(&details.bundle) {
+        let (backend, handle, _) = backend_of(state, &record)?;
+        let started_at = match backend.start_container(&handle) {
             Ok(started_at) => started_at,
-            Err(ContainerError::StartFailed(why)) => return Err(start_failed(state, &record, &details.bundle, why)),
-            Err(e) => return Err(runtime_err(e)),
+            Err(BackendError::StartFailed(why)) => {
+                return Err(start_failed(state, &record, (backend.as_ref(), &handle), why));
+            }
+            Err(e) => return Err(e.into()),
         };
         update(state, &record.id, |r| {
             if r.state == ContainerState::Created {
@@ -278,8 +248,13 @@ pub fn start_container(
 /// Records a start that failed: the monitor reports the exit (code 128,
 /// the reason as init error); if it does not in time, the record says so
 /// itself.
-fn start_failed(state: &AgentState, record: &ContainerRecord, bundle: &std::path::Path, why: String) -> AgentError {
-    stop::wait_exited(bundle, START_ERROR_WAIT);
+fn start_failed(
+    state: &AgentState,
+    record: &ContainerRecord,
+    (backend, handle): (&dyn Backend, &ContainerHandle),
+    why: String,
+) -> AgentError {
+    let _ = stop::wait_exited(backend, handle, START_ERROR_WAIT);
     let refreshed = refresh(state, record.clone());
     if !matches!(refreshed, Ok(ref r) if r.state == ContainerState::Exited) {
         let _ = update(state, &record.id, |r| {
@@ -318,13 +293,17 @@ pub fn reopen_container_log(
     state: &AgentState,
     request: cri_api::v1::ReopenContainerLogRequest,
 ) -> Result<cri_api::v1::ReopenContainerLogResponse, AgentError> {
-    let bundle = running_bundle(state, &request.container_id)?;
-    runtime::reopen_log(&bundle, Duration::from_secs(5)).map_err(runtime_err)?;
+    let (backend, handle, _) = running(state, &request.container_id)?;
+    backend.reopen_log(&handle)?;
     Ok(cri_api::v1::ReopenContainerLogResponse {})
 }
 
-/// The bundle of a running container (for exec, attach and log reopening).
-pub fn running_bundle(state: &AgentState, id: &str) -> Result<PathBuf, AgentError> {
+/// A running container's backend, handle and details (for exec, attach
+/// and log reopening).
+pub fn running(
+    state: &AgentState,
+    id: &str,
+) -> Result<(Arc<dyn Backend>, ContainerHandle, ContainerDetails), AgentError> {
     let record = refresh(state, super::lookup::container(state, id)?)?;
     if record.state != ContainerState::Running {
         return Err(AgentError::InvalidArgument {
@@ -332,7 +311,7 @@ pub fn running_bundle(state: &AgentState, id: &str) -> Result<PathBuf, AgentErro
             reason: format!("container {} is not running", record.id),
         });
     }
-    Ok(details(&record)?.bundle)
+    backend_of(state, &record)
 }
 
 /// Records the resources a container was updated to.

@@ -2,10 +2,12 @@
 //! follows the container: its exit, a failed cleanup, a record part that
 //! cannot be read. Every state change is one store transaction.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
+
+use std::sync::Arc;
 
 use cri_api::v1::{HugepageLimit, LinuxContainerResources};
-use crius_sandbox::ns::container::{self as runtime, State};
+use crius_sandbox::backend::{Backend, ContainerHandle, RunState};
 use serde::{Deserialize, Serialize};
 
 use super::super::AgentState;
@@ -13,18 +15,25 @@ use super::super::pods::now_ns;
 use crate::error::AgentError;
 use crate::store::{ContainerRecord, ContainerState};
 
-pub use crius_sandbox::ns::spec::START_ERROR_EXIT_CODE;
-
-/// What a container record's `config` holds.
+/// What a container record's `config` holds: CRI facts for status, and
+/// the backend's handle on the container.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ContainerDetails {
-    pub bundle: PathBuf,
-    pub rootfs: PathBuf,
+    /// The pod's runtime handler (whose backend runs the container).
+    #[serde(default)]
+    pub handler: String,
+    /// The backend's handle (recorded before anything is made).
+    #[serde(default)]
+    pub handle: Option<ContainerHandle>,
     pub log_path: String,
-    pub cgroup: Option<String>,
     #[serde(default)]
     pub mounts: Vec<MountRecord>,
-    pub monitor_pid: i32,
+    /// Created with a terminal (CRI `tty`).
+    #[serde(default)]
+    pub tty: bool,
+    /// Created with stdin kept open (CRI `stdin`).
+    #[serde(default)]
+    pub stdin: bool,
     pub reason: String,
     pub message: String,
     /// The identity the container's process runs with.
@@ -178,39 +187,45 @@ pub fn mark_unknown(state: &AgentState, record: &ContainerRecord, problem: &Agen
     }
 }
 
-/// Brings a record up to date with its bundle: a created or running
+/// The backend running the container and its handle.
+pub fn backend_of(
+    state: &AgentState,
+    record: &ContainerRecord,
+) -> Result<(Arc<dyn Backend>, ContainerHandle, ContainerDetails), AgentError> {
+    let details = details(record)?;
+    let handle = details
+        .handle
+        .clone()
+        .ok_or_else(|| AgentError::Runtime(format!("container {} was recorded before it was planned", record.id)))?;
+    Ok((Arc::clone(state.backends.get(&details.handler)?), handle, details))
+}
+
+/// Brings a record up to date with its backend: a created or running
 /// container whose process exited becomes EXITED with its exit code and
-/// reason; one whose bundle is gone (a reboot empties the run root) exits
-/// with code 255 and reason `Unknown`.
+/// reason; one of which nothing is left (a reboot) exits with code 255 and
+/// reason `Unknown`.
 pub fn refresh(state: &AgentState, record: ContainerRecord) -> Result<ContainerRecord, AgentError> {
     if !matches!(record.state, ContainerState::Created | ContainerState::Running) {
         return Ok(record);
     }
-    let known = match details(&record) {
-        Ok(known) => known,
+    let (backend, handle, _) = match backend_of(state, &record) {
+        Ok(found) => found,
         Err(e) => return Ok(mark_unknown(state, &record, &e)),
     };
-    if known.monitor_pid > 0 {
-        runtime::reap(known.monitor_pid);
-    }
-    let (exit_code, finished_at, reason, message) = match runtime::state(&known.bundle) {
-        Ok(State::Exited(exit)) => {
+    let (exit_code, finished_at, reason, message) = match backend.container_state(&handle)? {
+        RunState::Exited(exit) => {
             let finished = if exit.finished_at_ns > 0 { exit.finished_at_ns } else { now_ns() };
-            let reason = if exit.init_error.is_some() {
+            let reason = if exit.start_error.is_some() {
                 "StartError"
-            } else if exit.exit_code != 0 && super::super::resources::oom_killed(state, known.cgroup.as_deref()) {
+            } else if exit.oom_killed {
                 "OOMKilled"
             } else {
                 ""
             };
-            (exit.exit_code, finished, reason, exit.init_error.unwrap_or_default())
+            (exit.exit_code, finished, reason, exit.start_error.unwrap_or_default())
         }
-        Err(runtime::ContainerError::NotFound(bundle)) => {
-            let message = format!("its bundle {} is gone (was the node rebooted?)", bundle.display());
-            (255, now_ns(), "Unknown", message)
-        }
-        Ok(_) => return Ok(record),
-        Err(e) => return Err(super::super::pods::runtime_err(e)),
+        RunState::Gone(why) => (255, now_ns(), "Unknown", why),
+        RunState::Creating | RunState::Created | RunState::Running => return Ok(record),
     };
     let updated = update(state, &record.id, |r| {
         if !matches!(r.state, ContainerState::Created | ContainerState::Running) {

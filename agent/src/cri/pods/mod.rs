@@ -17,8 +17,8 @@ use cri_api::v1::{
 };
 use crius_network::cni::{CniDns, CniPod};
 use crius_network::firewall::PortMapping;
+use crius_sandbox::backend::{Backend, DnsSpec, PodHandle, PodNamespaces, PodRequest};
 use crius_sandbox::cgroups::{CgroupManager, systemd};
-use crius_sandbox::ns::pod::{self, DnsSpec, PodNamespaces, PodPaths, PodSpec};
 use serde::{Deserialize, Serialize};
 
 mod recovery;
@@ -30,7 +30,7 @@ use crate::error::AgentError;
 use crate::store::{PodRecord, PodState};
 
 /// What a pod record's `config` holds: the parts of the request crius needs
-/// later, and where the pod's pieces are.
+/// later, and the backend's handle on the pod.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PodDetails {
     /// Requested hostname.
@@ -41,8 +41,8 @@ pub struct PodDetails {
     pub namespace_modes: [i32; 3],
     /// The pod cgroup, relative to the hierarchy roots.
     pub cgroup: Option<String>,
-    /// Namespaces and files.
-    pub paths: Option<PodPaths>,
+    /// The backend's handle (recorded before anything is made).
+    pub handle: Option<PodHandle>,
     /// The pod's network, when it has its own.
     #[serde(default)]
     pub network: Option<PodNetworkDetails>,
@@ -66,16 +66,14 @@ pub struct PodNetworkDetails {
 pub fn run_pod_sandbox(state: &AgentState, request: RunPodSandboxRequest) -> Result<RunPodSandboxResponse, AgentError> {
     let config = request.config.unwrap_or_default();
     let metadata = validate_metadata(config.metadata.as_ref())?;
-    if !request.runtime_handler.is_empty() {
-        return Err(AgentError::InvalidArgument {
-            field: "runtime_handler",
-            reason: format!(
-                "runtime handler {:?} is not configured (crius serves the default handler \"\")",
-                request.runtime_handler
-            ),
-        });
+    let backend = state.backends.get(&request.runtime_handler)?;
+    if let Some(why) = backend.unavailable() {
+        return Err(AgentError::Runtime(format!(
+            "runtime handler {:?} cannot run pods on this node: {why}",
+            request.runtime_handler
+        )));
     }
-    let plan = PodPlan::check(state, &config)?;
+    let plan = PodPlan::check(state, backend.as_ref(), &config)?;
     let key = format!("pod {}/{}/{}/{}", metadata.namespace, metadata.name, metadata.uid, metadata.attempt);
     state.locks.exclusive(&key, || {
         if let Some(existing) = find_by_metadata(state, metadata)? {
@@ -94,7 +92,7 @@ pub fn run_pod_sandbox(state: &AgentState, request: RunPodSandboxRequest) -> Res
                 PodState::Creating => teardown_or_mark(state, &existing)?,
             }
         }
-        create(state, &request.runtime_handler, &config, metadata, &plan)
+        create(state, (&request.runtime_handler, backend.as_ref()), &config, metadata, &plan)
     })
 }
 
@@ -111,13 +109,23 @@ struct PodPlan {
 }
 
 impl PodPlan {
-    fn check(state: &AgentState, config: &PodSandboxConfig) -> Result<Self, AgentError> {
+    fn check(state: &AgentState, backend: &dyn Backend, config: &PodSandboxConfig) -> Result<Self, AgentError> {
         state.cgroups()?;
         if !config.log_directory.is_empty() {
             check_absolute("config.log_directory", &config.log_directory)?;
         }
         let modes = namespace_modes(config);
         let own = |mode: i32| mode != NamespaceMode::Node as i32;
+        let shares_the_node = !(own(modes[0]) && own(modes[1]) && own(modes[2]));
+        if shares_the_node && !backend.features().host_namespaces {
+            return Err(AgentError::InvalidArgument {
+                field: "config.linux.security_context.namespace_options",
+                reason: format!(
+                    "the {} runtime cannot share the node's network, PID or IPC namespace",
+                    backend.kind().name()
+                ),
+            });
+        }
         let spec_namespaces = PodNamespaces {
             net: own(modes[0]),
             ipc: own(modes[2]),
@@ -126,8 +134,6 @@ impl PodPlan {
         };
         let sysctls: BTreeMap<String, String> =
             config.linux.as_ref().map(|l| l.sysctls.clone().into_iter().collect()).unwrap_or_default();
-        pod::check_sysctls(&sysctls, spec_namespaces)
-            .map_err(|e| AgentError::InvalidArgument { field: "config.linux.sysctls", reason: e.to_string() })?;
         let ports = crate::network::host_port_mappings(&config.port_mappings)?;
         let linux = config.linux.as_ref();
         let limits = super::resources::pod_resources(
@@ -153,7 +159,7 @@ impl PodPlan {
 /// it; every step is undone when a later one fails.
 fn create(
     state: &AgentState,
-    handler: &str,
+    (handler, backend): (&str, &dyn Backend),
     config: &PodSandboxConfig,
     metadata: &PodSandboxMetadata,
     plan: &PodPlan,
@@ -161,12 +167,21 @@ fn create(
     let id = new_id()?;
     tracing::Span::current().record("pod_id", id.as_str());
     let (cgroup_parent, cgroup_leaf) = plan.cgroup_path(state, &id)?;
+    let dns = config.dns_config.clone().unwrap_or_default();
+    let pod_request = PodRequest {
+        id: id.clone(),
+        hostname: config.hostname.clone(),
+        dns: DnsSpec { servers: dns.servers, searches: dns.searches, options: dns.options },
+        namespaces: plan.spec_namespaces,
+        sysctls: plan.sysctls.clone(),
+        cgroup: Some(format!("{cgroup_parent}/{cgroup_leaf}")),
+    };
     let mut details = PodDetails {
         hostname: config.hostname.clone(),
         log_directory: config.log_directory.clone(),
         namespace_modes: plan.modes,
-        cgroup: Some(format!("{cgroup_parent}/{cgroup_leaf}")),
-        paths: None,
+        cgroup: pod_request.cgroup.clone(),
+        handle: Some(backend.plan_pod(&pod_request)?),
         network: None,
     };
     let mut record = PodRecord {
@@ -184,7 +199,7 @@ fn create(
         problem: String::new(),
     };
     state.store.put(&record)?;
-    match build_pod(state, &id, config, plan, &mut details, (&cgroup_parent, &cgroup_leaf)) {
+    match build_pod(state, backend, (config, &pod_request), plan, &mut details, (&cgroup_parent, &cgroup_leaf)) {
         Ok(()) => {
             record.config = details_json(&details)?;
             record.state = PodState::Ready;
@@ -202,24 +217,17 @@ fn create(
     }
 }
 
-/// Makes the pod's namespaces, files, cgroup and network, filling `details`
-/// as each exists (so that a failure tears down exactly what was made).
+/// Makes the pod's cgroup, then has the backend make the pod, connecting
+/// its network namespace to the pod network on the way; fills `details` as
+/// each exists (so that a failure tears down exactly what was made).
 fn build_pod(
     state: &AgentState,
-    id: &str,
-    config: &PodSandboxConfig,
+    backend: &dyn Backend,
+    (config, request): (&PodSandboxConfig, &PodRequest),
     plan: &PodPlan,
     details: &mut PodDetails,
     (cgroup_parent, cgroup_leaf): (&str, &str),
 ) -> Result<(), AgentError> {
-    let dns = config.dns_config.clone().unwrap_or_default();
-    let spec = PodSpec {
-        id: id.to_owned(),
-        hostname: config.hostname.clone(),
-        dns: DnsSpec { servers: dns.servers, searches: dns.searches, options: dns.options },
-        namespaces: plan.spec_namespaces,
-        sysctls: plan.sysctls.clone(),
-    };
     let manager = CgroupManager::new(state.cgroups()?.clone(), cgroup_parent).map_err(runtime_err)?;
     match &plan.limits {
         // The same limits kubelet gives the pod cgroup it made, or crius's own.
@@ -230,14 +238,30 @@ fn build_pod(
             manager.create(cgroup_leaf).map_err(runtime_err)?;
         }
     }
-    let self_exe = std::env::current_exe().map_err(|e| AgentError::Runtime(format!("locate crius binary: {e}")))?;
-    let paths = pod::create_pod(&state.config.run_root, &spec, &self_exe).map_err(runtime_err)?;
-    details.paths = Some(paths.clone());
-    if let Some(netns) = paths.net.as_deref().filter(|_| spec.namespaces.net) {
-        let ips = attach_network(state, id, config, netns, &plan.ports)?;
+    let handle = details.handle.clone().ok_or_else(|| AgentError::Runtime("the pod was not planned".into()))?;
+    let mut attached = None;
+    let mut network_error = None;
+    let mut hook = |netns: &Path| {
+        match attach_network(state, &request.id, config, netns, &plan.ports) {
+            Ok(ips) => attached = Some(ips),
+            Err(e) => {
+                let failure = crius_sandbox::backend::BackendError::BadState(crate::error::chain(&e));
+                network_error = Some(e);
+                return Err(failure);
+            }
+        }
+        Ok(())
+    };
+    let result = backend.run_pod(&handle, request, &mut hook);
+    if let Some(ips) = attached {
+        // Recorded even when a later step failed, so teardown detaches it.
         details.network = Some(PodNetworkDetails { ips, ports: plan.ports.clone(), attached: true });
     }
-    Ok(())
+    match (result, network_error) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(network)) => Err(network),
+        (Err(e), None) => Err(e.into()),
+    }
 }
 
 /// Connects the pod's network namespace to the pod network.
@@ -279,7 +303,9 @@ fn teardown(state: &AgentState, record: &PodRecord) -> Result<(), AgentError> {
     let details = details(record)?;
     super::containers::remove_all(state, &record.id)?;
     state.network.detach(&record.id)?;
-    pod::destroy_pod(&state.config.run_root, &record.id).map_err(runtime_err)?;
+    if let Some(handle) = &details.handle {
+        state.backends.get(&record.runtime_handler)?.remove_pod(handle)?;
+    }
     if let Some(cgroup) = details.cgroup {
         let cgroup = crius_sandbox::cgroups::Cgroup::open(state.cgroups()?, &cgroup).map_err(runtime_err)?;
         cgroup.delete().map_err(runtime_err)?;
@@ -316,6 +342,9 @@ pub fn stop_pod_sandbox(
         let cancel = super::cancel::Cancel::never();
         for container in super::containers::containers_of(state, &record.id)? {
             super::containers::stop(state, container, std::time::Duration::ZERO, &cancel)?;
+        }
+        if let Some(handle) = &details(&record)?.handle {
+            state.backends.get(&record.runtime_handler)?.stop_pod(handle)?;
         }
         if details(&record)?.network.is_some_and(|n| n.attached) {
             state.network.detach_soon(&record.id)?;

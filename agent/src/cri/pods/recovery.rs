@@ -55,8 +55,8 @@ fn recover_pod(state: &AgentState, record: &PodRecord) -> Result<(), AgentError>
             return Err(e);
         }
     };
-    let pinned = details.paths.map(|p| [p.net, p.ipc, p.uts]);
-    let intact = pinned.is_some_and(|files| files.iter().flatten().all(|f| f.exists()));
+    let backend = state.backends.get(&record.runtime_handler)?;
+    let intact = details.handle.as_ref().is_some_and(|handle| backend.pod_intact(handle));
     if record.state == PodState::Ready && !intact {
         tracing::warn!(pod_id = %record.id, "pod namespaces are gone (reboot?): marking the sandbox NOTREADY");
         state.store.update::<PodRecord, AgentError>(&record.id, |r| {

@@ -22,25 +22,22 @@ fn pod_record(id: &str, state: PodState, config: serde_json::Value) -> PodRecord
     }
 }
 
-fn pod_details(run_root: &Path, id: &str, cgroup: &str) -> serde_json::Value {
-    let dir = run_root.join("pods").join(id);
-    let paths = PodPaths {
-        dir: dir.clone(),
-        net: Some(dir.join("ns/net")),
-        ipc: Some(dir.join("ns/ipc")),
-        uts: Some(dir.join("ns/uts")),
-        pid: None,
-        shm: dir.join("shm"),
-        hostname: dir.join("hostname"),
-        hosts: dir.join("hosts"),
-        resolv_conf: dir.join("resolv.conf"),
+fn pod_details(state: &AgentState, id: &str, cgroup: &str) -> serde_json::Value {
+    let request = PodRequest {
+        id: id.to_owned(),
+        hostname: id.to_owned(),
+        dns: DnsSpec::default(),
+        namespaces: PodNamespaces { net: true, ipc: true, uts: true, pid: false },
+        sysctls: BTreeMap::new(),
+        cgroup: Some(cgroup.to_owned()),
     };
+    let handle = state.backends.get("").expect("default handler").plan_pod(&request).expect("plan");
     let details = PodDetails {
         hostname: id.into(),
         log_directory: String::new(),
         namespace_modes: [0; 3],
         cgroup: Some(cgroup.into()),
-        paths: Some(paths),
+        handle: Some(handle),
         network: None,
     };
     details_json(&details).expect("details")
@@ -48,11 +45,16 @@ fn pod_details(run_root: &Path, id: &str, cgroup: &str) -> serde_json::Value {
 
 fn container_record(id: &str, pod_id: &str, state: ContainerState, run_root: &Path) -> ContainerRecord {
     let details = serde_json::json!({
-        "bundle": run_root.join("containers").join(id),
-        "rootfs": run_root.join("rootfs").join(id),
+        "handle": {
+            "backend": "namespaces",
+            "version": 1,
+            "id": id,
+            "bundle": run_root.join("containers").join(id),
+            "rootfs": run_root.join("rootfs").join(id),
+            "cgroup": null,
+            "monitor_pid": 0,
+        },
         "log_path": "",
-        "cgroup": null,
-        "monitor_pid": 0,
         "reason": "",
         "message": "",
     });
@@ -88,14 +90,14 @@ fn recovery_handles_every_record_on_its_own() {
     // cgroup code refuses).
     state
         .store
-        .put(&pod_record("a-broken", PodState::Creating, pod_details(&run_root, "a", "x/../../escape")))
+        .put(&pod_record("a-broken", PodState::Creating, pod_details(&state, "a-broken", "x/../../escape")))
         .expect("put");
     // A pod whose record part cannot be read.
     state.store.put(&pod_record("b-garbled", PodState::Ready, serde_json::json!(42))).expect("put");
     // A pod that was ready, whose namespaces are gone (a reboot).
     state
         .store
-        .put(&pod_record("c-rebooted", PodState::Ready, pod_details(&run_root, "c", "crius/pod-c")))
+        .put(&pod_record("c-rebooted", PodState::Ready, pod_details(&state, "c-rebooted", "crius/pod-c")))
         .expect("put");
     state.store.put(&container_record("k-creating", "c-rebooted", ContainerState::Creating, &run_root)).expect("put");
     state.store.put(&container_record("k-orphan", "gone", ContainerState::Running, &run_root)).expect("put");

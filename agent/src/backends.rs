@@ -1,0 +1,45 @@
+//! The runtime handlers crius serves, each backed by a runtime backend
+//! (`crius_sandbox::backend`): the only place concrete backends are made.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crius_sandbox::backend::Backend;
+use crius_sandbox::cgroups::CgroupMode;
+use crius_sandbox::ns::backend::NsBackend;
+
+use crate::config::Config;
+use crate::error::AgentError;
+
+/// Handlers by name; `""` is the default handler.
+#[derive(Debug)]
+pub struct Backends {
+    handlers: BTreeMap<String, Arc<dyn Backend>>,
+}
+
+impl Backends {
+    /// The handlers the configuration names.
+    pub fn from_config(config: &Config, cgroups: &Result<CgroupMode, String>) -> Self {
+        // Helper processes are this binary, re-executed.
+        let self_exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+        let namespaces: Arc<dyn Backend> = Arc::new(NsBackend::new(&config.run_root, &self_exe, cgroups.clone()));
+        Self { handlers: BTreeMap::from([(String::new(), namespaces)]) }
+    }
+
+    /// The backend of `handler`; InvalidArgument naming the configured
+    /// handlers when there is none.
+    pub fn get(&self, handler: &str) -> Result<&Arc<dyn Backend>, AgentError> {
+        self.handlers.get(handler).ok_or_else(|| AgentError::InvalidArgument {
+            field: "runtime_handler",
+            reason: format!(
+                "runtime handler {handler:?} is not configured; configured: {}",
+                self.handlers.keys().map(|name| format!("{name:?}")).collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
+    /// Every handler, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<dyn Backend>)> {
+        self.handlers.iter().map(|(name, backend)| (name.as_str(), backend))
+    }
+}
