@@ -8,7 +8,7 @@ use crius_sandbox::backend::Backend;
 use crius_sandbox::cgroups::CgroupMode;
 use crius_sandbox::ns::backend::NsBackend;
 
-use crate::config::Config;
+use crate::config::{Config, HandlerConfig};
 use crate::error::AgentError;
 
 /// Handlers by name; `""` is the default handler.
@@ -23,7 +23,14 @@ impl Backends {
         // Helper processes are this binary, re-executed.
         let self_exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
         let namespaces: Arc<dyn Backend> = Arc::new(NsBackend::new(&config.run_root, &self_exe, cgroups.clone()));
-        Self { handlers: BTreeMap::from([(String::new(), namespaces)]) }
+        let mut handlers = BTreeMap::from([(String::new(), Arc::clone(&namespaces))]);
+        for (name, handler) in &config.runtime.handlers {
+            // Config validation refuses the types that have no backend here.
+            if let HandlerConfig::Namespaces {} = handler {
+                handlers.insert(name.clone(), Arc::clone(&namespaces));
+            }
+        }
+        Self { handlers }
     }
 
     /// The backend of `handler`; InvalidArgument naming the configured

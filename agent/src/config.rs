@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod handlers;
+
+pub use self::handlers::HandlerConfig;
+
 /// Where crius looks for its config file when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/crius/crius.toml";
 
@@ -87,6 +91,8 @@ pub struct ServerConfig {
 pub struct RuntimeConfig {
     /// Which cgroup manager crius uses, reported to kubelet by `RuntimeConfig`.
     pub cgroup_driver: CgroupDriver,
+    /// RuntimeClass handlers besides the default `""`, by name.
+    pub handlers: std::collections::BTreeMap<String, HandlerConfig>,
 }
 
 /// `[registry]`: how images are fetched.
@@ -253,7 +259,7 @@ impl Default for ServerConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { cgroup_driver: CgroupDriver::Cgroupfs }
+        Self { cgroup_driver: CgroupDriver::Cgroupfs, handlers: std::collections::BTreeMap::new() }
     }
 }
 
@@ -362,6 +368,7 @@ impl Config {
                 allowed: "-1 (keep crius's group) or a group id".into(),
             });
         }
+        handlers::validate(&self.runtime.handlers)?;
         if self.images.pull_progress_timeout_secs == 0 {
             return Err(ConfigError::Invalid {
                 key: "images.pull_progress_timeout_secs",

@@ -129,3 +129,22 @@ fn printed_config_parses_back_to_itself() {
     let again = parse(&config.to_toml()).expect("round trip");
     assert_eq!(again, config);
 }
+
+#[test]
+fn runtime_handlers_are_named_and_typed() {
+    let config = parse("[runtime.handlers.runc]\ntype = \"namespaces\"\n").expect("valid");
+    assert_eq!(config.runtime.handlers.get("runc"), Some(&HandlerConfig::Namespaces {}));
+    config.validate().expect("a namespaces handler is valid");
+    let err = parse("[runtime.handlers.x]\ntype = \"firecracker\"\n").expect_err("unknown type");
+    assert!(err.to_string().contains("firecracker"), "{err}");
+    let err = parse("[runtime.handlers.x]\ntype = \"namespaces\"\nkernel = \"/k\"\n").expect_err("unknown key");
+    assert!(err.to_string().contains("kernel"), "{err}");
+    for bad in ["Upper", "-x", "a_b"] {
+        let config = parse(&format!("[runtime.handlers.{bad}]\ntype = \"namespaces\"\n")).expect("parses");
+        let err = config.validate().expect_err(bad);
+        assert!(err.to_string().contains("runtime.handlers"), "{err}");
+    }
+    let kvm = parse("[runtime.handlers.kvm]\ntype = \"kvm\"\n").expect("parses");
+    let err = kvm.validate().expect_err("no kvm backend yet");
+    assert!(err.to_string().contains("not built into this crius yet"), "{err}");
+}

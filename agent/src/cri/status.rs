@@ -36,6 +36,20 @@ pub fn status(state: &AgentState, request: StatusRequest) -> Result<StatusRespon
             "schemaVersion": state.store.schema_version().ok(),
         });
         info.insert("stateStore".to_owned(), store.to_string());
+        let handlers: Vec<serde_json::Value> = state
+            .backends
+            .iter()
+            .map(|(name, backend)| {
+                let unavailable = backend.unavailable();
+                serde_json::json!({
+                    "name": name,
+                    "type": backend.kind().name(),
+                    "ready": unavailable.is_none(),
+                    "reason": unavailable.unwrap_or_default(),
+                })
+            })
+            .collect();
+        info.insert("runtimeHandlers".to_owned(), serde_json::Value::Array(handlers).to_string());
         let pod_cidr = state.store.setting(POD_CIDR_SETTING)?;
         info.insert("runtimeConfig".to_owned(), serde_json::json!({ "podCIDR": pod_cidr }).to_string());
     }
@@ -170,10 +184,40 @@ mod tests {
     }
 
     #[test]
+    fn every_configured_handler_is_reported_and_an_unknown_one_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = crate::cri::test_state(dir.path()).config.clone();
+        config.runtime.handlers.insert("runc".into(), crate::config::HandlerConfig::Namespaces {});
+        let mut state = state(dir.path().join("second").as_path());
+        state.backends = crate::backends::Backends::from_config(&config, &state.cgroup_mode);
+        let response = status(&state, StatusRequest { verbose: true }).expect("status");
+        let names: Vec<&str> = response.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["", "runc"]);
+        assert!(response.runtime_handlers.iter().all(|h| h.features.is_some_and(|f| f.recursive_read_only_mounts)));
+        let handlers: serde_json::Value = serde_json::from_str(&response.info["runtimeHandlers"]).expect("json");
+        assert_eq!(handlers[1]["type"], "namespaces");
+        let request = cri_api::v1::RunPodSandboxRequest {
+            config: Some(cri_api::v1::PodSandboxConfig {
+                metadata: Some(cri_api::v1::PodSandboxMetadata {
+                    name: "p".into(),
+                    namespace: "ns".into(),
+                    uid: "u".into(),
+                    attempt: 0,
+                }),
+                ..Default::default()
+            }),
+            runtime_handler: "gvisor".into(),
+        };
+        let err = crate::cri::pods::run_pod_sandbox(&state, request).expect_err("unknown handler");
+        assert!(matches!(err, AgentError::InvalidArgument { field: "runtime_handler", .. }), "{err}");
+        assert!(err.to_string().contains("\"gvisor\"") && err.to_string().contains("\"runc\""), "{err}");
+    }
+
+    #[test]
     fn verbose_info_is_json() {
         let dir = tempfile::tempdir().expect("tempdir");
         let response = status(&state(dir.path()), StatusRequest { verbose: true }).expect("status");
-        for key in ["config", "stateStore", "runtimeConfig"] {
+        for key in ["config", "stateStore", "runtimeConfig", "runtimeHandlers"] {
             let value = response.info.get(key).unwrap_or_else(|| panic!("{key} missing"));
             serde_json::from_str::<serde_json::Value>(value).unwrap_or_else(|e| panic!("{key}: {e}: {value}"));
         }
