@@ -1,0 +1,6 @@
+//! Placeholder.
+#![warn(missing_docs)]
+
+pub mod codec;
+#[cfg(test)]
+mod testutil;
