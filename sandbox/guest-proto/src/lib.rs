@@ -2,5 +2,6 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod message;
 #[cfg(test)]
 mod testutil;
