@@ -3,5 +3,6 @@
 
 pub mod codec;
 pub mod message;
+pub mod session;
 #[cfg(test)]
 mod testutil;

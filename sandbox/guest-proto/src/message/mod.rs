@@ -192,7 +192,11 @@ pub fn undecodable_request_reply(body: &[u8], error: &MessageError) -> ErrorRepl
             let kind = crate::codec::truncate_utf8(&tag.kind, 64);
             ErrorReply::new(ErrorCode::Unsupported, format!("unknown request type {kind:?}"))
         }
-        _ => ErrorReply::new(ErrorCode::InvalidArgument, format!("undecodable request: {detail}")),
+        _ => {
+            // serde quotes input (an unknown field's name): keep the reply small.
+            let detail = crate::codec::truncate_utf8(&detail, 512);
+            ErrorReply::new(ErrorCode::InvalidArgument, format!("undecodable request: {detail}"))
+        }
     }
 }
 
