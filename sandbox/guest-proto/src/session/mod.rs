@@ -462,8 +462,7 @@ impl Session {
     /// Sends a Ping; the peer's Pong comes back as [`SessionEvent::Pong`].
     pub fn ping(&mut self, value: u64) -> Result<(), SessionError> {
         self.ready()?;
-        self.push(Frame::Ping(value));
-        Ok(())
+        self.push_app(Frame::Ping(value))
     }
 
     /// Ends the session: queues a Goodbye (after everything already queued)
@@ -492,8 +491,9 @@ impl Session {
         }
     }
 
-    /// Queues a frame whose number is bounded by the session's own state
-    /// (stream opens and closes, credits, pings, the handshake).
+    /// Queues a frame whose number is bounded by the session's own state:
+    /// the handshake, a Goodbye, and per stream (opened within the bound) a
+    /// Close, a Reset and credits for data received.
     fn push(&mut self, frame: Frame) {
         self.queued_bytes += frame.encoded_len();
         self.queue.push_back(frame);

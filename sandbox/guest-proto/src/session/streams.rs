@@ -62,10 +62,10 @@ impl Session {
             return Err(SessionError::TooManyStreams);
         }
         let id = u32::try_from(self.next_local).ok().and_then(StreamId::new).ok_or(SessionError::StreamIdsExhausted)?;
+        self.push_app(Frame::Open { stream: id })?;
         self.next_local += 2;
         self.streams.insert(id, Stream::new());
         self.local_open += 1;
-        self.push(Frame::Open { stream: id });
         Ok(id)
     }
 
