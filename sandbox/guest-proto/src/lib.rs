@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod message;
+pub mod output;
 pub mod session;
 #[cfg(test)]
 mod testutil;
