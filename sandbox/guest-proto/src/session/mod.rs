@@ -480,6 +480,10 @@ impl Session {
             let reason = crate::codec::truncate_utf8(reason, MAX_REASON_LEN).to_owned();
             self.push(Frame::Goodbye { code, reason });
             self.phase = Phase::Closed;
+            // Nothing follows the Goodbye: no credit, close or reset.
+            self.streams.clear();
+            self.local_open = 0;
+            self.remote_open = 0;
         }
     }
 

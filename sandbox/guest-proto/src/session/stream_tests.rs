@@ -273,3 +273,17 @@ fn receive_window_accounting_holds_under_random_traffic() {
         }
     }
 }
+
+#[test]
+fn nothing_is_queued_after_goodbye() {
+    let (mut host, mut guest) = pair();
+    let s = host.open_stream().expect("open");
+    host.send_data(s, b"data").expect("sent");
+    pump(&mut host, &mut guest);
+    guest.goodbye(GoodbyeCode::Normal, "shutting down").expect("bye");
+    guest.consumed(s, 4).expect("harmless");
+    assert!(matches!(guest.close_stream(s), Err(SessionError::Closed)));
+    assert_eq!(guest.send_credit(s), None);
+    assert!(matches!(drain(&mut guest).last(), Some(Frame::Goodbye { .. })));
+    assert_eq!(guest.open_streams(), 0);
+}
