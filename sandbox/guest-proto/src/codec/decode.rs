@@ -16,12 +16,14 @@ use super::{CodecError, Frame, FrameType, GoodbyeCode, HEADER_LEN, Hello, MAGIC,
 /// ```
 /// # use guest_proto::codec::{Decoder, Frame};
 /// let mut decoder = Decoder::new();
-/// let mut chunk: &[u8] = &Frame::Ping(7).to_bytes().unwrap();
-/// while let Some(frame) = decoder.decode(&mut chunk).unwrap() {
+/// let bytes = Frame::Ping(7).to_bytes()?;
+/// let mut chunk: &[u8] = &bytes; // as read from the socket
+/// while let Some(frame) = decoder.decode(&mut chunk)? {
 ///     assert_eq!(frame, Frame::Ping(7));
 /// }
 /// assert!(chunk.is_empty());
-/// decoder.finish().unwrap(); // at EOF: no frame was cut off
+/// decoder.finish()?; // at EOF: no frame was cut off
+/// # Ok::<(), guest_proto::codec::CodecError>(())
 /// ```
 #[derive(Debug, Default)]
 pub struct Decoder {
