@@ -161,8 +161,10 @@ pub enum PidMode {
     Node,
 }
 
-/// A container to create in a pod.
-#[derive(Debug, Clone, PartialEq)]
+/// A container to create in a pod. It travels to a guest agent as JSON (the
+/// opaque `spec` of the guest protocol's `CreateContainer`), with its paths
+/// translated to the guest's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerRequest {
     /// Container id.
     pub id: String,

@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use super::CgroupError;
 
 /// Resource limits for a pod or container cgroup. `0` (or an empty string /
 /// collection) leaves a setting as it is.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
     /// CPU shares (v1 `cpu.shares`, converted to v2 `cpu.weight`).
     pub cpu_shares: u64,
