@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crius_sandbox::backend::Backend;
 use crius_sandbox::cgroups::CgroupMode;
 use crius_sandbox::ns::backend::NsBackend;
+use crius_sandbox::vm::{KvmBackend, Machine};
 
 use crate::config::{Config, HandlerConfig};
 use crate::error::AgentError;
@@ -25,9 +26,31 @@ impl Backends {
         let namespaces: Arc<dyn Backend> = Arc::new(NsBackend::new(&config.run_root, &self_exe, cgroups.clone()));
         let mut handlers = BTreeMap::from([(String::new(), Arc::clone(&namespaces))]);
         for (name, handler) in &config.runtime.handlers {
-            // Config validation refuses the types that have no backend here.
-            if let HandlerConfig::Namespaces {} = handler {
-                handlers.insert(name.clone(), Arc::clone(&namespaces));
+            match handler {
+                HandlerConfig::Namespaces {} => {
+                    handlers.insert(name.clone(), Arc::clone(&namespaces));
+                }
+                HandlerConfig::KvmTest { guest_agent } => {
+                    let guest = guest_agent.clone().unwrap_or_else(|| self_exe.with_file_name("crius-guest"));
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(runtime) => {
+                            let backend = KvmBackend::new(
+                                Machine::KvmTest,
+                                &config.run_root,
+                                &self_exe,
+                                &guest,
+                                cgroups.clone(),
+                                runtime,
+                            );
+                            handlers.insert(name.clone(), Arc::new(backend));
+                        }
+                        Err(e) => {
+                            tracing::error!(handler = %name, error = %e, "kvm-test needs crius's async runtime; not served")
+                        }
+                    }
+                }
+                // Config validation refuses the types that have no backend here.
+                HandlerConfig::Kvm {} => {}
             }
         }
         Self { handlers }

@@ -21,6 +21,7 @@ pub mod seccomp;
 #[allow(unsafe_code)]
 mod sys;
 pub mod users;
+pub mod vm;
 
 /// An error and its causes on one line (`outer: inner: innermost`), as the
 /// internal processes print it before exiting.

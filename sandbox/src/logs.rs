@@ -156,6 +156,12 @@ fn open_append(path: &Path) -> Result<File, LogError> {
         .map_err(|source| LogError::Open { path: path.to_owned(), source })
 }
 
+/// Appends one record to `out`: the content (without its newline) of
+/// `stream` at `time`, `P` when `partial`.
+pub fn format_record(out: &mut Vec<u8>, time: SystemTime, stream: Stream, partial: bool, content: &[u8]) {
+    push_record(out, &format_timestamp(time), stream, partial, content);
+}
+
 fn push_record(out: &mut Vec<u8>, stamp: &str, stream: Stream, partial: bool, content: &[u8]) {
     out.extend_from_slice(stamp.as_bytes());
     out.push(b' ');

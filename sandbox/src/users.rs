@@ -16,9 +16,11 @@ use crate::ns::spec::UserSpec;
 /// the image's `/etc/group` gives the user; Strict only the ones the
 /// request lists.
 pub fn resolve(request: &UserRequest, rootfs: &Path) -> Result<UserSpec, BackendError> {
+    resolve_from(request, &read_in_rootfs(rootfs, "/etc/passwd"), &read_in_rootfs(rootfs, "/etc/group"))
+}
+
+fn resolve_from(request: &UserRequest, passwd: &str, group: &str) -> Result<UserSpec, BackendError> {
     let (image_user, image_group) = request.image_user.split_once(':').unwrap_or((request.image_user.as_str(), ""));
-    let passwd = read_in_rootfs(rootfs, "/etc/passwd");
-    let group = read_in_rootfs(rootfs, "/etc/group");
     let invalid = |reason: String| BackendError::InvalidArgument {
         field: "config.linux.security_context.run_as_username",
         reason,
@@ -31,18 +33,18 @@ pub fn resolve(request: &UserRequest, rootfs: &Path) -> Result<UserSpec, Backend
     }
     let (uid, name, primary_gid) = if let Some(uid) = request.run_as_user {
         let uid = u32::try_from(uid).map_err(|_| invalid(format!("uid {uid} out of range")))?;
-        let entry = passwd_by_uid(&passwd, uid);
+        let entry = passwd_by_uid(passwd, uid);
         (uid, entry.as_ref().map(|e| e.0.clone()), entry.map(|e| e.2))
     } else {
         let wanted = if request.run_as_username.is_empty() { image_user } else { request.run_as_username.as_str() };
         match wanted.parse::<u32>() {
             Ok(uid) => {
-                let entry = passwd_by_uid(&passwd, uid);
+                let entry = passwd_by_uid(passwd, uid);
                 (uid, entry.as_ref().map(|e| e.0.clone()), entry.map(|e| e.2))
             }
             Err(_) if wanted.is_empty() => (0, Some("root".to_owned()), Some(0)),
             Err(_) => {
-                let entry = passwd_by_name(&passwd, wanted)
+                let entry = passwd_by_name(passwd, wanted)
                     .ok_or_else(|| invalid(format!("user {wanted:?} is not in the image's /etc/passwd")))?;
                 (entry.1, Some(entry.0), Some(entry.2))
             }
@@ -54,17 +56,32 @@ pub fn resolve(request: &UserRequest, rootfs: &Path) -> Result<UserSpec, Backend
         (None, group_name) => group_name
             .parse::<u32>()
             .ok()
-            .or_else(|| group_by_name(&group, group_name))
+            .or_else(|| group_by_name(group, group_name))
             .ok_or_else(|| invalid(format!("group {group_name:?} is not in the image's /etc/group")))?,
     };
     let mut additional_gids: Vec<u32> = vec![gid];
     if !request.strict_groups {
-        additional_gids.extend(name.map(|n| groups_of(&group, &n)).unwrap_or_default());
+        additional_gids.extend(name.map(|n| groups_of(group, &n)).unwrap_or_default());
     }
     additional_gids.extend(request.supplemental_groups.iter().filter_map(|g| u32::try_from(*g).ok()));
     additional_gids.sort_unstable();
     additional_gids.dedup();
     Ok(UserSpec { uid, gid, additional_gids })
+}
+
+/// [`resolve`] without a mounted rootfs: `/etc/passwd` and `/etc/group` are
+/// read from the topmost of the image's `layers` (bottom first) that has
+/// them, as the mounted overlay would show them.
+pub fn resolve_in_layers(request: &UserRequest, layers: &[std::path::PathBuf]) -> Result<UserSpec, BackendError> {
+    let topmost = |file: &str| {
+        layers
+            .iter()
+            .rev()
+            .find(|layer| resolve_in_root(layer, Path::new(file)).is_ok_and(|p| p.is_file()))
+            .map(|layer| read_in_rootfs(layer, file))
+            .unwrap_or_default()
+    };
+    resolve_from(request, &topmost("/etc/passwd"), &topmost("/etc/group"))
 }
 
 fn read_in_rootfs(rootfs: &Path, path: &str) -> String {

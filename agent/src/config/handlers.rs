@@ -6,9 +6,17 @@
 //! type = "namespaces"
 //! ```
 //!
-//! The types are `namespaces`, `kvm` and `kvm-test`. The KVM backends are
-//! not built into this crius yet: configuring them is refused at start, so
-//! no pod can silently land on another runtime than the one it asked for.
+//! The types are `namespaces`, `kvm` and `kvm-test`:
+//!
+//! ```toml
+//! [runtime.handlers.kvm-test]  # the guest agent as a host process, no VM
+//! type = "kvm-test"
+//! guest_agent = "/usr/local/lib/crius/crius-guest"   # default: crius-guest beside crius
+//! ```
+//!
+//! `kvm` (crius's VMM) is not built into this crius yet: configuring it is
+//! refused at start, so no pod can land on another runtime than the one it
+//! asked for. `kvm-test` is never used unless configured.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +31,11 @@ pub enum HandlerConfig {
     /// A VM per pod.
     Kvm {},
     /// The KVM backend with the VM replaced by a host process.
-    KvmTest {},
+    KvmTest {
+        /// The guest agent binary; default `crius-guest` beside crius.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        guest_agent: Option<std::path::PathBuf>,
+    },
 }
 
 /// Checks the handler names and types.
@@ -43,12 +55,21 @@ pub(super) fn validate(handlers: &std::collections::BTreeMap<String, HandlerConf
                     .into(),
             });
         }
-        if let HandlerConfig::Kvm {} | HandlerConfig::KvmTest {} = handler {
+        if let HandlerConfig::Kvm {} = handler {
             return Err(ConfigError::Invalid {
                 key: "runtime.handlers",
                 value: format!("{name} = {handler:?}"),
-                allowed: "type = \"namespaces\" (the kvm and kvm-test runtimes are not built into this crius yet)"
+                allowed: "type = \"namespaces\" or \"kvm-test\" (the kvm runtime is not built into this crius yet)"
                     .into(),
+            });
+        }
+        if let HandlerConfig::KvmTest { guest_agent: Some(path) } = handler
+            && !path.is_absolute()
+        {
+            return Err(ConfigError::Invalid {
+                key: "runtime.handlers.guest_agent",
+                value: format!("{:?}", path.display().to_string()),
+                allowed: "an absolute path".into(),
             });
         }
     }

@@ -147,4 +147,8 @@ fn runtime_handlers_are_named_and_typed() {
     let kvm = parse("[runtime.handlers.kvm]\ntype = \"kvm\"\n").expect("parses");
     let err = kvm.validate().expect_err("no kvm backend yet");
     assert!(err.to_string().contains("not built into this crius yet"), "{err}");
+    let test = parse("[runtime.handlers.kvm-test]\ntype = \"kvm-test\"\nguest_agent = \"/g\"\n").expect("parses");
+    test.validate().expect("kvm-test is built in");
+    let relative = parse("[runtime.handlers.kvm-test]\ntype = \"kvm-test\"\nguest_agent = \"g\"\n").expect("parses");
+    assert!(relative.validate().is_err(), "a relative guest agent path");
 }

@@ -14,6 +14,7 @@ use crate::ns::backend::{NsContainer, NsPod};
 use crate::ns::pod::{DnsSpec, PodNamespaces};
 use crate::ns::spec::{CapabilitySpec, UserSpec};
 use crate::seccomp::SeccompProfile;
+use crate::vm::{VmContainer, VmPod};
 
 /// The kinds of runtime handler crius knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +199,8 @@ pub struct Created {
 pub enum PodHandle {
     /// A namespace pod.
     Namespaces(NsPod),
+    /// A pod in a guest (`kvm`, `kvm-test`).
+    Vm(VmPod),
 }
 
 /// A container as its backend keeps it: stored in the container's record.
@@ -206,6 +209,8 @@ pub enum PodHandle {
 pub enum ContainerHandle {
     /// A container of a namespace pod.
     Namespaces(NsContainer),
+    /// A container in a guest.
+    Vm(VmContainer),
 }
 
 /// How a container's process ended.

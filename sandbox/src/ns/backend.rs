@@ -79,7 +79,9 @@ impl NsBackend {
 }
 
 fn pod_of(handle: &PodHandle) -> Result<&NsPod, BackendError> {
-    let PodHandle::Namespaces(pod) = handle;
+    let PodHandle::Namespaces(pod) = handle else {
+        return Err(BackendError::WrongBackend { backend: "namespaces", found: "vm" });
+    };
     if pod.version > POD_VERSION {
         return Err(BackendError::NewerVersion { what: "pod", found: pod.version, supported: POD_VERSION });
     }
@@ -87,7 +89,9 @@ fn pod_of(handle: &PodHandle) -> Result<&NsPod, BackendError> {
 }
 
 fn container_of(handle: &ContainerHandle) -> Result<&NsContainer, BackendError> {
-    let ContainerHandle::Namespaces(container) = handle;
+    let ContainerHandle::Namespaces(container) = handle else {
+        return Err(BackendError::WrongBackend { backend: "namespaces", found: "vm" });
+    };
     if container.version > CONTAINER_VERSION {
         return Err(BackendError::NewerVersion {
             what: "container",
@@ -173,7 +177,9 @@ impl ContainerRuntime for NsBackend {
         request: &ContainerRequest,
     ) -> Result<Created, BackendError> {
         let pod = pod_of(pod)?;
-        let ContainerHandle::Namespaces(container) = handle;
+        let ContainerHandle::Namespaces(container) = handle else {
+            return Err(BackendError::WrongBackend { backend: "namespaces", found: "vm" });
+        };
         let layers = &request.filesystem.rootfs;
         std::fs::create_dir_all(&container.rootfs)
             .map_err(|e| BackendError::failed(format!("create {}", container.rootfs.display()), e))?;
