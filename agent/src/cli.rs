@@ -1,4 +1,5 @@
-//! Command line: `crius` serves CRI; `crius config` prints the effective config.
+//! Command line: `crius` serves CRI; `crius config` prints the effective
+//! config; `crius health` asks a running crius whether it answers.
 //! Flags override the config file and keep these exact names, which scripts
 //! and the Helm chart rely on.
 
@@ -42,6 +43,13 @@ pub enum Command {
     Serve,
     /// Print the effective configuration (file plus flags) as TOML.
     Config,
+    /// Ask the crius serving the socket for its Version and Status; exit 0
+    /// once it answers (whatever its conditions), 1 when it never does.
+    Health {
+        /// Keep asking for this many seconds before giving up.
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        wait: u64,
+    },
     /// Processes crius starts itself (namespace helpers, container monitor and init).
     #[command(hide = true, subcommand)]
     Internal(Internal),

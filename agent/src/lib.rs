@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod cri;
 pub mod error;
+pub mod health;
 pub mod image_index;
 pub mod logging;
 pub mod network;

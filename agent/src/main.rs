@@ -1,4 +1,5 @@
-//! The `crius` binary: parses flags, loads the config and serves CRI.
+//! The `crius` binary: parses flags, loads the config and serves CRI (or
+//! prints the config, or asks a running crius for its health).
 
 use std::process::ExitCode;
 
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }
+        Command::Health { wait } => health(&config.socket, std::time::Duration::from_secs(wait)),
         Command::Internal(_) => ExitCode::FAILURE,
         Command::Serve => {
             logging::init(config.log.level, config.log.format);
@@ -45,6 +47,25 @@ fn run(config: config::Config) -> anyhow::Result<()> {
     // Blocking tasks (store writes) have finished with their RPCs; do not wait on strays.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
+}
+
+/// `crius health`: one line on stdout when crius answers, the reason on stderr when not.
+fn health(socket: &std::path::Path, wait: std::time::Duration) -> ExitCode {
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| runtime.block_on(crius::health::wait(socket, wait)).map_err(|e| error::chain(&e)));
+    match answer {
+        Ok(health) => {
+            println!("{}: {}", socket.display(), health.summary());
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("crius health: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run_internal(internal: &Internal) -> ExitCode {

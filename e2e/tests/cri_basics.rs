@@ -106,3 +106,29 @@ async fn json_logs_carry_one_span_per_rpc() -> anyhow::Result<()> {
     assert!(lines.iter().any(|l| l.contains("\"rpc\":\"RunPodSandbox\"") && l.contains("\"level\":\"WARN\"")), "{log}");
     Ok(())
 }
+
+#[tokio::test]
+async fn health_command_reports_what_the_running_crius_answers() -> anyhow::Result<()> {
+    let dirs = CriusDirs::new()?;
+    let _crius = Crius::start(&dirs, &[]).await?;
+    let socket = dirs.socket.to_str().expect("utf8");
+    let output = crius_e2e::run_crius(&["--socket", socket, "health"])?;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let line = String::from_utf8(output.stdout)?;
+    assert!(line.starts_with(&format!("{socket}: crius ")), "{line}");
+    assert!(line.contains("RuntimeReady=true") && line.contains("NetworkReady=false ("), "{line}");
+    Ok(())
+}
+
+#[test]
+fn health_command_fails_naming_the_socket_nobody_serves() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("nobody.sock");
+    let started = std::time::Instant::now();
+    let output = crius_e2e::run_crius(&["--socket", socket.to_str().expect("utf8"), "health", "--wait", "1"])?;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "it waited");
+    let stderr = String::from_utf8(output.stderr)?;
+    assert!(stderr.contains("nobody.sock"), "{stderr}");
+    Ok(())
+}
