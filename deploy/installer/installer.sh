@@ -266,6 +266,7 @@ start_systemd() {
         host_run systemctl restart crius.service
     fi
     host_run systemctl enable --now --quiet crius.service
+    log "crius.service enabled and active"
 }
 
 # --- the actions ----------------------------------------------------------
