@@ -1,8 +1,9 @@
 //! The installer image, run by crius itself: `deploy/image/build.py` builds
-//! it from the crius under test and pushes it to a local registry, crius
-//! pulls it and runs it as a privileged container with a scratch directory
-//! mounted as the host root (`start: none`, so no second crius is started),
-//! with the config the chart renders by default (`deploy/manifests/crius.yaml`).
+//! it from the crius under test (twice: the same digest) and pushes it to a
+//! local registry; crius pulls it and runs it as a privileged container with
+//! a scratch directory mounted as the host root (`start: none`, so no second
+//! crius is started), with the config the chart renders by default
+//! (`deploy/manifests/crius.yaml`).
 //! The directory (empty but for `/run/systemd/system`: a host that runs
 //! systemd, which the chart's default `cgroup_driver` needs) then holds
 //! exactly the binary, config and unit; a second run changes nothing;
@@ -140,16 +141,21 @@ async fn installer_image_installs_is_idempotent_and_uninstalls_under_crius() -> 
     let work = env.dirs.temp.path().join("installer");
     std::fs::create_dir_all(&work)?;
     let image = env.reference("crius/installer:e2e");
-    let build = Command::new("python3")
-        .arg(repo().join("deploy/image/build.py"))
-        .arg("--crius")
-        .arg(crius_binary()?)
-        .arg("--out")
-        .arg(work.join("layout"))
-        .args(["--level", "1", "--push", &image])
-        .output()
-        .context("run deploy/image/build.py")?;
-    ensure!(build.status.success(), "build.py failed:\n{}", String::from_utf8_lossy(&build.stderr));
+    let build = |out: &str, push: Option<&str>| -> Result<String> {
+        let mut command = Command::new("python3");
+        command.arg(repo().join("deploy/image/build.py")).arg("--crius").arg(crius_binary()?);
+        command.arg("--out").arg(work.join(out)).args(["--level", "1"]);
+        if let Some(reference) = push {
+            command.args(["--push", reference]);
+        }
+        let output = command.output().context("run deploy/image/build.py")?;
+        ensure!(output.status.success(), "build.py failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        let stdout = String::from_utf8(output.stdout)?;
+        let digest = stdout.split("manifest ").nth(1).and_then(|rest| rest.split_whitespace().next());
+        Ok(digest.context("build.py printed no manifest digest")?.to_owned())
+    };
+    let pushed = build("layout", Some(&image))?;
+    assert_eq!(build("again", None)?, pushed, "the same binary builds the same image");
     env.pull(&image).await?;
 
     let host = work.join("host");
