@@ -275,6 +275,11 @@ def check():
         if label == "defaults" and "RuntimeClass" in kinds:
             failures.append("defaults render a RuntimeClass, but kvm is off")
         failures += validate(docs, label)
+    try:
+        render({"installer": {"start": "sytemd"}})
+        failures.append("values.schema.json let installer.start=sytemd through")
+    except Exception as e:  # Helm refuses the values: what should happen
+        print(f"chart.py: a bad value is refused: {str(e).splitlines()[-1].strip()}")
     expected = plain_manifests()
     if MANIFESTS.read_text() != expected:
         failures.append(f"{MANIFESTS.relative_to(REPO)} differs from the chart's output: run deploy/helm/chart.py update")
