@@ -3,7 +3,7 @@
 it renders against the Kubernetes schemas, and keeps the plain manifests in
 deploy/manifests/ equal to the chart's output.
 
-    deploy/helm/chart.py check             lint; render (defaults, kvm on); validate; compare manifests
+    deploy/helm/chart.py check             lint; render (defaults, kvm on, handlers); validate; compare manifests
     deploy/helm/chart.py render [--set K=V ...]   print the rendered manifests
     deploy/helm/chart.py update            rewrite deploy/manifests/crius.yaml
 
@@ -261,7 +261,9 @@ def check():
         failures.append(f"helm lint failed: {json.dumps(result)} (chart.py render shows a template's error)")
     else:
         print(f"chart.py: helm lint: passed, {len(messages)} informational message(s)")
-    for label, values in (("defaults", {}), ("kvm on", {"kvm": {"enabled": True}}), ("plain", PLAIN_VALUES)):
+    handlers = {"kvm": {"enabled": True}, "config": {"runtime": {"handlers": {"runc": {"type": "namespaces"}}}}}
+    cases = (("defaults", {}), ("kvm on", {"kvm": {"enabled": True}}), ("handlers", handlers), ("plain", PLAIN_VALUES))
+    for label, values in cases:
         try:
             manifest, hooks, _ = render(values)
         except Exception as e:  # helm_sdkpy's InstallError carries Helm's message
@@ -270,10 +272,10 @@ def check():
         docs = objects(manifest + hooks)
         kinds = sorted({d["kind"] for d in docs})
         print(f"chart.py: {label}: rendered {len(docs)} objects: {', '.join(kinds)}")
-        if label == "kvm on" and "RuntimeClass" not in kinds:
-            failures.append("kvm on renders no RuntimeClass")
-        if label == "defaults" and "RuntimeClass" in kinds:
-            failures.append("defaults render a RuntimeClass, but kvm is off")
+        classes = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "RuntimeClass")
+        wanted = {"kvm on": ["crius-kvm"], "handlers": ["crius-kvm", "crius-runc"]}.get(label, [])
+        if classes != wanted:
+            failures.append(f"{label}: RuntimeClasses {classes}, expected {wanted}")
         failures += validate(docs, label)
     try:
         render({"installer": {"start": "sytemd"}})
