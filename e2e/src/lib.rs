@@ -6,10 +6,12 @@
 //! test executable (`cargo build -p crius` first; the test command does).
 //!
 //! [`registry`] runs a real local registry and pushes test images to it;
-//! [`images`] has the helpers of the image service tests.
+//! [`images`] has the helpers of the image service tests; [`hostile`]
+//! builds hostile image parts of any size as streams.
 #![warn(missing_docs)]
 
 pub mod containers;
+pub mod hostile;
 pub mod images;
 pub mod pod_net;
 pub mod registry;

@@ -1,15 +1,19 @@
 //! Images that lie or attack: blobs that do not match their digest, configs
-//! whose diff ids do not match the layers, descriptors with wrong sizes, and
-//! layer tars that try to write outside the layer. Each is refused with
-//! InvalidArgument, leaves no image and no layer directory behind, and
-//! writes nothing outside crius's root.
+//! whose diff ids do not match the layers, descriptors with wrong sizes,
+//! layer tars that try to write outside the layer, and oversized tar
+//! headers. Each is refused with InvalidArgument and a message of bounded
+//! size, leaves no image and no layer directory behind, and writes nothing
+//! outside crius's root.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crius_e2e::hostile;
 use crius_e2e::images::{ImageEnv, RawEntry, chain_ids, dir_entries, raw_tar, sha256};
-use crius_e2e::registry::{Layer, OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST, gzip_layer, layer_tar, tar_layer};
+use crius_e2e::registry::{
+    Layer, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_MANIFEST, gzip_layer, layer_tar, tar_layer,
+};
 
 const VICTIM: &[u8] = b"must stay as it is";
 
@@ -49,8 +53,10 @@ impl Sentinel {
 async fn assert_refused(env: &ImageEnv, sentinel: &Sentinel, name: &str, chains: &[String], needles: &[&str]) {
     let reference = env.reference(&format!("{name}:v1"));
     let err = env.pull(&reference).await.expect_err(name);
-    println!("{name}: {}", err.message());
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name}: {err:?}");
+    let shown: String = err.message().chars().take(2000).collect();
+    println!("{name}: {shown}");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name}: {:?}: {shown}", err.code());
+    assert!(err.message().len() < 4096, "{name}: a message of {} bytes", err.message().len());
     for needle in needles {
         assert!(err.message().contains(needle), "{name}: message lacks {needle:?}: {}", err.message());
     }
@@ -234,5 +240,25 @@ async fn later_entries_replace_symlinks_instead_of_writing_through_them() -> any
     assert!(std::fs::symlink_metadata(fs.join("dir-link"))?.is_dir(), "the symlink was replaced by a directory");
     assert_eq!(std::fs::read(fs.join("dir-link/inside"))?, b"stays inside");
     sentinel.assert_untouched("replace");
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversized_tar_headers_are_refused_unread() -> anyhow::Result<()> {
+    let Some(env) = ImageEnv::start("oversized_tar_headers_are_refused_unread").await? else { return Ok(()) };
+    let sentinel = Sentinel::new()?;
+    let size = 8 << 20;
+    let cases = [
+        ("long-name", hostile::long_name_tar(tar::EntryType::GNULongName, size), "GNU long name header"),
+        ("long-link", hostile::long_name_tar(tar::EntryType::GNULongLink, size), "GNU long link name header"),
+        ("pax", hostile::pax_tar(size), "PAX header"),
+    ];
+    for (name, tar, what) in cases {
+        let tar_bytes = tar.to_vec();
+        let layer: Layer<'_> = (tar.gzip(), OCI_LAYER_GZIP, tar_bytes.clone());
+        env.registry.push_image_with(name, "v1", &[layer], None, true).await;
+        let needle = format!("{what} of {size} bytes exceeds the limit of 1048576 bytes");
+        assert_refused(&env, &sentinel, name, &chain_hex(&[&tar_bytes]), &[&needle]).await;
+    }
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod layers;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod shown;
 pub mod snapshot;
 pub mod store;
 pub mod unpack;

@@ -21,6 +21,7 @@ use crate::reference::Reference;
 use crate::registry::error::error_chain;
 use crate::registry::manifest::parse_config;
 use crate::registry::{Credentials, DockerConfig, Manifest, Resolved, select_platform};
+use crate::shown;
 use crate::store::{ImageError, ImageStore, Pulled};
 use crate::unpack::{Compression, unpack_layer};
 
@@ -116,7 +117,8 @@ impl ImageStore {
     ) -> Result<Pulled, ImageError> {
         let name = reference.to_string();
         let registry_err = |source| ImageError::Registry { reference: name.clone(), source: Box::new(source) };
-        let manifest_err = |reason: String| ImageError::Manifest { reference: name.clone(), reason };
+        let manifest_err =
+            |reason: String| ImageError::Manifest { reference: name.clone(), reason: shown::cut(&reason) };
         let resolved = self.registry.resolve(reference, credentials).await.map_err(registry_err)?;
         let resolved_digest = resolved.digest.clone();
         let mut blobs = Vec::new();

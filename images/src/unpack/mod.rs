@@ -24,6 +24,7 @@
 //! conversion may set overlayfs metadata.
 
 mod entry;
+mod headers;
 mod path;
 mod resolve;
 mod whiteout;
@@ -39,6 +40,8 @@ use std::rc::Rc;
 use rustix::fs::{Mode, OFlags};
 
 use crate::digest::{Digest, Hasher};
+pub use headers::{Extension, MAX_EXTENSION};
+use headers::{Framing, HeaderBound};
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +72,7 @@ impl Compression {
             "application/vnd.oci.image.layer.v1.tar+zstd"
             | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
             | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Self::Zstd,
-            other => return Err(UnpackError::UnsupportedMediaType { media_type: other.to_owned() }),
+            other => return Err(UnpackError::UnsupportedMediaType { media_type: crate::shown::cut(other) }),
         };
         Ok(compression)
     }
@@ -136,6 +139,17 @@ pub enum UnpackError {
     /// The decompressed stream is larger than [`UnpackLimits::max_bytes`].
     #[error("layer exceeds the unpack limit of {limit} bytes")]
     TooManyBytes {
+        /// The limit.
+        limit: u64,
+    },
+    /// A GNU long-name, long-link or PAX header declares a body larger than
+    /// [`MAX_EXTENSION`]; the body is not read.
+    #[error("{kind} header of {size} bytes exceeds the limit of {limit} bytes")]
+    ExtensionTooLarge {
+        /// Which extension header.
+        kind: Extension,
+        /// The body size it declares.
+        size: u64,
         /// The limit.
         limit: u64,
     },
@@ -257,11 +271,19 @@ fn unpack_stream<D: Read>(
         max_bytes: limits.max_bytes,
         exceeded: Rc::clone(&exceeded),
     };
-    let mut archive = tar::Archive::new(reader);
-    let mut unpacker = entry::Unpacker::new(root, StreamErrors { exceeded, max_bytes: limits.max_bytes });
+    let framing = Rc::new(Framing::default());
+    let mut archive = tar::Archive::new(HeaderBound::new(reader, Rc::clone(&framing)));
+    let errors = StreamErrors { exceeded, max_bytes: limits.max_bytes, framing: Rc::clone(&framing) };
+    let mut unpacker = entry::Unpacker::new(root, errors);
     let mut entries = 0u64;
     for item in archive.entries().map_err(|e| unpacker.errors.stream(e))? {
         let mut item = item.map_err(|e| unpacker.errors.stream(e))?;
+        if framing.entry_header.get() != Some(item.raw_header_position()) {
+            let at = item.raw_header_position();
+            return Err(UnpackError::Stream(io::Error::other(format!(
+                "tar framing disagrees with the tar reader at byte {at}"
+            ))));
+        }
         entries += 1;
         if entries > limits.max_entries {
             return Err(UnpackError::TooManyEntries { limit: limits.max_entries });
@@ -271,6 +293,7 @@ fn unpack_stream<D: Read>(
     let mut reader = archive.into_inner();
     io::copy(&mut reader, &mut io::sink()).map_err(|e| unpacker.errors.stream(e))?;
     unpacker.finish()?;
+    let reader = reader.inner;
     let bytes = reader.hasher.len();
     Ok(UnpackStats { entries, bytes, diff_id: reader.hasher.finish() })
 }
@@ -280,11 +303,16 @@ fn unpack_stream<D: Read>(
 struct StreamErrors {
     exceeded: Rc<Cell<bool>>,
     max_bytes: u64,
+    framing: Rc<Framing>,
 }
 
 impl StreamErrors {
     fn limit_hit(&self) -> Option<UnpackError> {
-        self.exceeded.get().then_some(UnpackError::TooManyBytes { limit: self.max_bytes })
+        if self.exceeded.get() {
+            return Some(UnpackError::TooManyBytes { limit: self.max_bytes });
+        }
+        let (kind, size) = self.framing.refused.get()?;
+        Some(UnpackError::ExtensionTooLarge { kind, size, limit: MAX_EXTENSION })
     }
 
     fn stream(&self, source: io::Error) -> UnpackError {
