@@ -1,7 +1,7 @@
 //! Images that lie or attack: blobs that do not match their digest, configs
 //! whose diff ids do not match the layers, descriptors with wrong sizes,
-//! layer tars that try to write outside the layer, and oversized tar
-//! headers. Each is refused with InvalidArgument and a message of bounded
+//! layer tars that try to write outside the layer, oversized tar headers
+//! and configs. Each is refused with InvalidArgument and a message of bounded
 //! size, leaves no image and no layer directory behind, and writes nothing
 //! outside crius's root.
 
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crius_e2e::hostile;
 use crius_e2e::images::{ImageEnv, RawEntry, chain_ids, dir_entries, raw_tar, sha256};
 use crius_e2e::registry::{
-    Layer, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_MANIFEST, gzip_layer, layer_tar, tar_layer,
+    Layer, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_MANIFEST, gzip_layer, host_arch, layer_tar, tar_layer,
 };
 
 const VICTIM: &[u8] = b"must stay as it is";
@@ -167,7 +167,7 @@ async fn a_lying_size_does_not_poison_the_blob_for_honest_images() -> anyhow::Re
 
 fn config_json(diff_ids: &[&str]) -> Vec<u8> {
     let config = serde_json::json!({
-        "architecture": crius_e2e::registry::host_arch(),
+        "architecture": host_arch(),
         "os": "linux",
         "config": {},
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
@@ -260,5 +260,19 @@ async fn oversized_tar_headers_are_refused_unread() -> anyhow::Result<()> {
         let needle = format!("{what} of {size} bytes exceeds the limit of 1048576 bytes");
         assert_refused(&env, &sentinel, name, &chain_hex(&[&tar_bytes]), &[&needle]).await;
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_oversized_config_is_refused_before_it_is_downloaded() -> anyhow::Result<()> {
+    let Some(env) = ImageEnv::start("an_oversized_config_is_refused_before_it_is_downloaded").await? else {
+        return Ok(());
+    };
+    let sentinel = Sentinel::new()?;
+    let tar = layer_tar(&[("file", b"small layer, big config", 0o644)]);
+    let config = hostile::config_of_size(5 << 20, host_arch(), &[sha256(&tar)]).to_vec();
+    let image = env.registry.push_image_parts("bigconfig", "v1", &[tar_layer(&tar)], vec![], config, true).await;
+    assert_refused(&env, &sentinel, "bigconfig", &chain_hex(&[&tar]), &["5242880 bytes", "4194304"]).await;
+    assert_eq!(env.registry.blob_get_count(&image.config), 0, "the config was downloaded");
     Ok(())
 }

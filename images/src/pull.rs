@@ -5,6 +5,11 @@
 //! Layers download and unpack concurrently (each layer directory is
 //! independent of its parents). A watchdog logs progress and cancels a pull
 //! that receives nothing for the configured time.
+//!
+//! Hostile input is bounded: manifests are read up to 4 MiB, a config whose
+//! descriptor is larger than [`MAX_CONFIG_SIZE`] is refused before it is
+//! downloaded, every blob is written to disk as it streams (never held in
+//! memory), and unpacking bounds headers, bytes and entries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,12 +19,12 @@ use std::time::Instant;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use oci_spec::image::{Descriptor, ImageManifest};
 
-use crate::content::{ContentError, FetchedStream, Progress};
+use crate::content::{ContentError, FetchedStream, Ingested, Progress};
 use crate::digest::Digest;
 use crate::layers::{LayerInfo, Unpacked, chain_ids};
 use crate::reference::Reference;
 use crate::registry::error::error_chain;
-use crate::registry::manifest::parse_config;
+use crate::registry::manifest::{MAX_CONFIG_SIZE, parse_config};
 use crate::registry::{Credentials, DockerConfig, Manifest, Resolved, select_platform};
 use crate::shown;
 use crate::store::{ImageError, ImageStore, Pulled};
@@ -125,7 +130,7 @@ impl ImageStore {
         let (resolved, manifest) = match resolved.manifest().map_err(|e| manifest_err(e.to_string()))? {
             Manifest::Image(manifest) => (resolved, *manifest),
             Manifest::Index(index) => {
-                self.store_bytes(&name, &resolved)?;
+                self.store_bytes(&name, &resolved).await?;
                 blobs.push(resolved.digest.clone());
                 let (os, arch) = host_platform();
                 let descriptor = select_platform(&index, os, arch, None).ok_or_else(|| ImageError::NoPlatform {
@@ -141,17 +146,32 @@ impl ImageStore {
                 }
             }
         };
-        self.store_bytes(&name, &resolved)?;
+        self.store_bytes(&name, &resolved).await?;
         blobs.push(resolved.digest.clone());
 
         let config_digest = parse_digest(&name, manifest.config().digest().as_ref())?;
-        let total: u64 = manifest.layers().iter().map(Descriptor::size).sum::<u64>() + manifest.config().size();
+        let config_size = manifest.config().size();
+        if config_size > MAX_CONFIG_SIZE {
+            return Err(ImageError::ConfigTooLarge {
+                reference: name.clone(),
+                size: config_size,
+                limit: MAX_CONFIG_SIZE,
+            });
+        }
+        // Sizes are the manifest's word: they must not overflow.
+        let total = manifest.layers().iter().map(Descriptor::size).fold(config_size, u64::saturating_add);
         progress.bytes_total.store(total, Ordering::Relaxed);
         progress.layers_total.store(manifest.layers().len(), Ordering::Relaxed);
-        self.fetch_blob(reference, credentials, &config_digest, manifest.config().size(), progress).await?;
+        self.fetch_blob(reference, credentials, &config_digest, config_size, progress).await?;
         blobs.push(config_digest.clone());
-        let config_bytes = self.content.read(&config_digest).map_err(ImageError::Storage)?;
+        let content = Arc::clone(&self.content);
+        let digest = config_digest.clone();
+        let config_bytes = tokio::task::spawn_blocking(move || content.read(&digest, MAX_CONFIG_SIZE))
+            .await
+            .map_err(|e| ImageError::Task(e.to_string()))?
+            .map_err(|source| ImageError::Content { reference: name.clone(), source })?;
         let config = parse_config(&config_bytes).map_err(|e| manifest_err(e.to_string()))?;
+        drop(config_bytes);
         let diff_ids =
             config.rootfs().diff_ids().iter().map(|d| parse_digest(&name, d)).collect::<Result<Vec<_>, _>>()?;
         if diff_ids.len() != manifest.layers().len() {
@@ -262,16 +282,21 @@ impl ImageStore {
                 }
             })
             .await
+            .map(|Ingested { path, .. }| path)
             .map_err(|source| match source {
                 ContentError::Io { .. } | ContentError::NotFound(_) => ImageError::Storage(source),
                 _ => ImageError::Content { reference: reference.to_string(), source },
             })
     }
 
-    fn store_bytes(&self, name: &str, resolved: &Resolved) -> Result<(), ImageError> {
-        self.content
-            .write_bytes(&resolved.digest, &resolved.bytes)
-            .map_err(|source| ImageError::Content { reference: name.to_owned(), source })
+    /// Stores a manifest (hashing and fsync on a blocking thread).
+    async fn store_bytes(&self, name: &str, resolved: &Resolved) -> Result<(), ImageError> {
+        let (content, digest, bytes) = (Arc::clone(&self.content), resolved.digest.clone(), resolved.bytes.clone());
+        tokio::task::spawn_blocking(move || content.write_bytes(&digest, &bytes))
+            .await
+            .map_err(|e| ImageError::Task(e.to_string()))?
+            .map_err(|source| ImageError::Content { reference: name.to_owned(), source })?;
+        Ok(())
     }
 
     /// Logs progress every `progress_interval`; returns the error that

@@ -18,6 +18,7 @@ use crate::content::{ContentError, ContentStore};
 use crate::digest::Digest;
 use crate::layers::{LayerError, LayerStore};
 use crate::pull::PullProgress;
+use crate::registry::manifest::MAX_CONFIG_SIZE;
 use crate::registry::{RegistryClient, RegistryConfig, RegistryError};
 use crate::snapshot::{SnapshotError, SnapshotStore};
 use crate::unpack::{UnpackError, UnpackLimits};
@@ -157,6 +158,17 @@ pub enum ImageError {
         /// What is wrong.
         reason: String,
     },
+    /// The manifest declares a config larger than
+    /// [`MAX_CONFIG_SIZE`]; it is not downloaded.
+    #[error("pull {reference}: the image config has {size} bytes, more than the {limit} accepted")]
+    ConfigTooLarge {
+        /// The image.
+        reference: String,
+        /// The size the manifest declares.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The index has no manifest for this platform.
     #[error("pull {reference}: no manifest for platform {platform} in the image index")]
     NoPlatform {
@@ -193,12 +205,15 @@ impl ImageError {
         match self {
             Self::Registry { source, .. } => source.kind(),
             Self::Content {
-                source: ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. }, ..
+                source:
+                    ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. } | ContentError::TooLarge { .. },
+                ..
             } => ErrorKind::InvalidArgument,
             Self::Content { source: ContentError::Fetch { .. }, .. } | Self::Stalled { .. } => ErrorKind::Unavailable,
             Self::Layer { source: LayerError::Unpack { .. } | LayerError::DiffIdMismatch { .. }, .. }
             | Self::Unpack { .. }
             | Self::Manifest { .. }
+            | Self::ConfigTooLarge { .. }
             | Self::NoPlatform { .. } => ErrorKind::InvalidArgument,
             _ => ErrorKind::Internal,
         }
@@ -209,7 +224,7 @@ impl ImageError {
 #[derive(Debug)]
 pub struct ImageStore {
     pub(crate) config: ImageStoreConfig,
-    pub(crate) content: ContentStore,
+    pub(crate) content: Arc<ContentStore>,
     pub(crate) layers: Arc<LayerStore>,
     pub(crate) snapshots: SnapshotStore,
     pub(crate) registry: RegistryClient,
@@ -230,7 +245,7 @@ impl ImageStore {
             RegistryClient::new(RegistryConfig { hosts_dir: config.hosts_dir.clone(), ..RegistryConfig::default() });
         Ok(Self {
             config,
-            content,
+            content: Arc::new(content),
             layers: Arc::new(layers),
             snapshots,
             registry,
@@ -250,9 +265,9 @@ impl ImageStore {
         &self.config.containers_root
     }
 
-    /// The raw config JSON of an image.
+    /// The raw config JSON of an image (at most [`MAX_CONFIG_SIZE`] bytes). Blocking.
     pub fn config_json(&self, id: &Digest) -> Result<Vec<u8>, ImageError> {
-        self.content.read(id).map_err(ImageError::Storage)
+        self.content.read(id, MAX_CONFIG_SIZE).map_err(ImageError::Storage)
     }
 
     /// The overlay lowerdirs of a layer stack, bottom first.

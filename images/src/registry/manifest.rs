@@ -107,6 +107,12 @@ pub fn parse_manifest(media_type: &str, bytes: &[u8]) -> Result<Manifest, Manife
     }
 }
 
+/// Largest image config accepted, checked against the manifest's descriptor
+/// before the config is downloaded. The same as containers/image's
+/// `MaxConfigBodySize` (CRI-O, podman): real configs are kilobytes, the
+/// largest (long histories) a few hundred.
+pub const MAX_CONFIG_SIZE: u64 = 4 << 20;
+
 /// Parses an image configuration blob (OCI or docker; same JSON).
 pub fn parse_config(bytes: &[u8]) -> Result<ImageConfiguration, ManifestError> {
     serde_json::from_slice(bytes).map_err(|source| ManifestError::Parse {
