@@ -1,8 +1,8 @@
 //! Images that lie or attack: blobs that do not match their digest, configs
 //! whose diff ids do not match the layers, descriptors with wrong sizes,
 //! layer tars that try to write outside the layer, oversized tar headers
-//! and configs. Each is refused with InvalidArgument and a message of bounded
-//! size, leaves no image and no layer directory behind, and writes nothing
+//! and configs. Each is refused with InvalidArgument (ResourceExhausted at
+//! the free-space reserve) and a message of bounded size, leaves no image and no layer directory behind, and writes nothing
 //! outside crius's root.
 
 use std::collections::BTreeSet;
@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use crius_e2e::hostile;
 use crius_e2e::images::{ImageEnv, RawEntry, chain_ids, dir_entries, raw_tar, sha256};
 use crius_e2e::registry::{
-    Layer, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_MANIFEST, gzip_layer, host_arch, layer_tar, tar_layer,
+    Layer, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_MANIFEST, TestRegistry, gzip_layer, host_arch, layer_tar,
+    tar_layer,
 };
 
 const VICTIM: &[u8] = b"must stay as it is";
@@ -51,11 +52,23 @@ impl Sentinel {
 /// Pulls `name:v1` expecting InvalidArgument whose message contains every
 /// one of `needles`; then checks that nothing of it stayed.
 async fn assert_refused(env: &ImageEnv, sentinel: &Sentinel, name: &str, chains: &[String], needles: &[&str]) {
+    assert_refused_with(env, sentinel, name, chains, needles, tonic::Code::InvalidArgument).await;
+}
+
+/// [`assert_refused`] expecting `code`.
+async fn assert_refused_with(
+    env: &ImageEnv,
+    sentinel: &Sentinel,
+    name: &str,
+    chains: &[String],
+    needles: &[&str],
+    code: tonic::Code,
+) {
     let reference = env.reference(&format!("{name}:v1"));
     let err = env.pull(&reference).await.expect_err(name);
     let shown: String = err.message().chars().take(2000).collect();
     println!("{name}: {shown}");
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name}: {:?}: {shown}", err.code());
+    assert_eq!(err.code(), code, "{name}: {:?}: {shown}", err.code());
     assert!(err.message().len() < 4096, "{name}: a message of {} bytes", err.message().len());
     for needle in needles {
         assert!(err.message().contains(needle), "{name}: message lacks {needle:?}: {}", err.message());
@@ -274,5 +287,38 @@ async fn an_oversized_config_is_refused_before_it_is_downloaded() -> anyhow::Res
     let image = env.registry.push_image_parts("bigconfig", "v1", &[tar_layer(&tar)], vec![], config, true).await;
     assert_refused(&env, &sentinel, "bigconfig", &chain_hex(&[&tar]), &["5242880 bytes", "4194304"]).await;
     assert_eq!(env.registry.blob_get_count(&image.config), 0, "the config was downloaded");
+    Ok(())
+}
+
+/// A registry and a crius whose config file adds `images` (TOML lines of
+/// the `[images]` section) to the test config.
+async fn env_with_images_config(test: &str, images: &str) -> anyhow::Result<Option<ImageEnv>> {
+    let Some(registry) = TestRegistry::start(test) else { return Ok(None) };
+    let config = registry.dir().join("crius.toml");
+    std::fs::write(&config, format!("{}[images]\n{images}\n", crius_e2e::TEST_CONFIG))?;
+    let config = config.to_str().expect("utf-8").to_owned();
+    Ok(Some(ImageEnv::with_registry(registry, &["--config", &config]).await?))
+}
+
+#[tokio::test]
+async fn pulls_stop_at_the_free_space_reserve() -> anyhow::Result<()> {
+    let test = "pulls_stop_at_the_free_space_reserve";
+    // A reserve just above what the test filesystem has free.
+    let stat = nix::sys::statvfs::statvfs(std::env::temp_dir().as_path())?;
+    let free_percent = stat.blocks_available() as f64 * 100.0 / stat.blocks() as f64;
+    let reserve = free_percent.floor() as u64 + 1;
+    if reserve > 99 {
+        println!("SKIP {test}: the filesystem of {} is {free_percent:.0}% free", std::env::temp_dir().display());
+        return Ok(());
+    }
+    let Some(env) = env_with_images_config(test, &format!("min_free_percent = {reserve}")).await? else {
+        return Ok(());
+    };
+    let sentinel = Sentinel::new()?;
+    let tar = layer_tar(&[("file", b"any image", 0o644)]);
+    env.registry.push_image_with("tight", "v1", &[gzip_layer(&tar)], None, true).await;
+    let needle = format!("{reserve}% of");
+    let needles = ["images.min_free_percent", needle.as_str()];
+    assert_refused_with(&env, &sentinel, "tight", &chain_hex(&[&tar]), &needles, tonic::Code::ResourceExhausted).await;
     Ok(())
 }

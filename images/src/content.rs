@@ -13,6 +13,8 @@
 //! run on blocking threads too. The writer holds an exclusive `flock` on its
 //! ingest file, so a download that was cancelled finishes its writes before
 //! the next download of that blob reads the file.
+//!
+//! Writes stop at the image filesystem's free-space reserve ([`SpaceReserve`]).
 
 mod writer;
 
@@ -27,6 +29,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use crate::digest::{Digest, Hasher};
+use crate::space::{SpaceError, SpaceReserve};
 use writer::Writer;
 
 /// Why a blob could not be stored or read.
@@ -82,6 +85,15 @@ pub enum ContentError {
         /// The limit.
         limit: u64,
     },
+    /// Writing the blob would take the image filesystem under its reserve.
+    #[error("blob {digest} does not fit above the free-space reserve")]
+    LowSpace {
+        /// The blob.
+        digest: Digest,
+        /// Why.
+        #[source]
+        source: SpaceError,
+    },
     /// A blocking task failed.
     #[error("content store task failed: {0}")]
     Task(String),
@@ -121,15 +133,26 @@ pub struct ContentStore {
     ingesting: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Numbers temp files of `write_bytes`.
     next_tmp: AtomicU64,
+    reserve: SpaceReserve,
 }
 
 impl ContentStore {
-    /// Opens (creating) the store under `root`.
+    /// Opens (creating) the store under `root`, with the default reserve.
     pub fn open(root: &Path) -> Result<Self, ContentError> {
+        Self::open_with(root, SpaceReserve::default())
+    }
+
+    /// Opens (creating) the store under `root`; downloads keep `reserve` free.
+    pub fn open_with(root: &Path, reserve: SpaceReserve) -> Result<Self, ContentError> {
         for dir in [root.join("blobs/sha256"), root.join("ingest")] {
             fs::create_dir_all(&dir).map_err(|source| io("create", &dir, source))?;
         }
-        Ok(Self { root: root.to_path_buf(), ingesting: Mutex::new(HashMap::new()), next_tmp: AtomicU64::new(0) })
+        Ok(Self {
+            root: root.to_path_buf(),
+            ingesting: Mutex::new(HashMap::new()),
+            next_tmp: AtomicU64::new(0),
+            reserve,
+        })
     }
 
     /// Where a verified blob lives.
@@ -183,6 +206,9 @@ impl ContentStore {
         if self.contains(digest) {
             return Ok(false);
         }
+        self.reserve
+            .check_path(&self.root, data.len() as u64)
+            .map_err(|source| ContentError::LowSpace { digest: digest.clone(), source })?;
         // A name of its own per writer: concurrent writers of one blob must
         // not share (and truncate, or rename away) each other's temp file.
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
@@ -249,6 +275,13 @@ impl ContentStore {
             // An earlier download got every byte but failed after: done.
             return self.commit_blocking(file, digest).await;
         }
+        if let Err(source) = self.reserve.check_path(&self.root, size - hasher.len()) {
+            if hasher.is_empty() {
+                drop(file);
+                let _ = fs::remove_file(&ingest);
+            }
+            return Err(ContentError::LowSpace { digest: digest.clone(), source });
+        }
         let fetch_err = |e: E| ContentError::Fetch { digest: digest.clone(), message: e.to_string() };
         let fetched = match fetch(hasher.len()).await {
             Ok(fetched) => fetched,
@@ -264,14 +297,14 @@ impl ContentStore {
         let restart = !fetched.resumed && !hasher.is_empty();
         let mut received = if restart { 0 } else { hasher.len() };
         progress.bytes_done.fetch_add(received, Ordering::Relaxed);
-        let mut writer = Writer::start(file, hasher, restart, ingest.clone());
+        let mut writer = Writer::start(file, hasher, restart, ingest.clone(), digest.clone(), self.reserve);
         let mut stream = fetched.stream;
         while let Some(chunk) = stream.next().await {
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(e) => {
                     // What arrived stays, for the next download to resume.
-                    writer.finish().await?;
+                    writer.finish().await.map_err(|e| discard_if_low_space(e, &ingest))?;
                     return Err(fetch_err(e));
                 }
             };
@@ -286,10 +319,10 @@ impl ContentStore {
             }
             received += chunk.len() as u64;
             let len = chunk.len() as u64;
-            writer.send(chunk).await?;
+            writer.send(chunk).await.map_err(|e| discard_if_low_space(e, &ingest))?;
             progress.bytes_done.fetch_add(len, Ordering::Relaxed);
         }
-        let (file, hasher) = writer.finish().await?;
+        let (file, hasher) = writer.finish().await.map_err(|e| discard_if_low_space(e, &ingest))?;
         if hasher.len() != size {
             let actual = hasher.len();
             if hasher.finish() == *digest {
@@ -386,6 +419,15 @@ fn open_partial(ingest: &Path, digest: &Digest, size: u64) -> Result<(File, Hash
         hasher = Hasher::new();
     }
     Ok((file, hasher))
+}
+
+/// A download stopped at the free-space reserve gives its space back (the
+/// writer has closed the file by then).
+fn discard_if_low_space(error: ContentError, ingest: &Path) -> ContentError {
+    if matches!(error, ContentError::LowSpace { .. }) {
+        let _ = fs::remove_file(ingest);
+    }
+    error
 }
 
 /// fsync, rename into place, fsync the directory. Blocking.

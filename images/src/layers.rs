@@ -36,12 +36,13 @@ pub enum LayerError {
         source: std::io::Error,
     },
     /// Unpacking failed.
-    #[error("unpack layer {chain_id}: {message}")]
+    #[error("unpack layer {chain_id}")]
     Unpack {
         /// The layer.
         chain_id: Digest,
         /// The unpacker's error.
-        message: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The layer's content is not what the image config says.
     #[error("layer {chain_id}: uncompressed content hashes to {actual}, but the image config says {expected}")]
@@ -151,7 +152,7 @@ impl LayerStore {
     pub fn add<F, E>(&self, chain_id: &Digest, diff_id: &Digest, unpack: F) -> Result<LayerInfo, LayerError>
     where
         F: FnOnce(&Path) -> Result<Unpacked, E>,
-        E: std::fmt::Display,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let lock = {
             let mut map = self.adding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -172,15 +173,15 @@ impl LayerStore {
     fn unpack_new<F, E>(&self, chain_id: &Digest, diff_id: &Digest, unpack: F) -> Result<LayerInfo, LayerError>
     where
         F: FnOnce(&Path) -> Result<Unpacked, E>,
-        E: std::fmt::Display,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let tmp = self.root.join(format!("{TMP_PREFIX}{}-{}-{n}", chain_id.hex(), std::process::id()));
         let fs_dir = tmp.join("fs");
         fs::create_dir_all(&fs_dir).map_err(|source| io("create", &fs_dir, source))?;
         let outcome = (|| {
-            let unpacked = unpack(&fs_dir)
-                .map_err(|e| LayerError::Unpack { chain_id: chain_id.clone(), message: e.to_string() })?;
+            let unpacked =
+                unpack(&fs_dir).map_err(|e| LayerError::Unpack { chain_id: chain_id.clone(), source: e.into() })?;
             if &unpacked.diff_id != diff_id {
                 return Err(LayerError::DiffIdMismatch {
                     chain_id: chain_id.clone(),
@@ -303,7 +304,8 @@ mod tests {
                 Err::<Unpacked, _>("entry ../x escapes the layer".to_owned())
             })
             .expect_err("unpack failed");
-        assert!(err.to_string().contains("escapes"), "{err}");
+        let text = crate::registry::error::error_chain(&err);
+        assert!(text.contains("escapes"), "{text}");
         let err = store
             .add(&chain, &diff, |_| Ok::<_, String>(Unpacked { diff_id: digest("other"), size: 0 }))
             .expect_err("diff id lies");

@@ -14,6 +14,7 @@ pub mod reference;
 pub mod registry;
 pub mod shown;
 pub mod snapshot;
+pub mod space;
 pub mod store;
 pub mod unpack;
 

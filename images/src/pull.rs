@@ -23,12 +23,11 @@ use crate::content::{ContentError, FetchedStream, Ingested, Progress};
 use crate::digest::Digest;
 use crate::layers::{LayerInfo, Unpacked, chain_ids};
 use crate::reference::Reference;
-use crate::registry::error::error_chain;
 use crate::registry::manifest::{MAX_CONFIG_SIZE, parse_config};
 use crate::registry::{Credentials, DockerConfig, Manifest, Resolved, select_platform};
 use crate::shown;
 use crate::store::{ImageError, ImageStore, Pulled};
-use crate::unpack::{Compression, unpack_layer};
+use crate::unpack::{Compression, UnpackLimits, unpack_layer};
 
 /// Layers downloaded at the same time by one pull.
 const PARALLEL_LAYERS: usize = 3;
@@ -236,15 +235,19 @@ impl ImageStore {
         let blob = self.fetch_blob(reference, credentials, &digest, descriptor.size(), progress).await?;
 
         let layers = Arc::clone(&self.layers);
-        let (chain_id, diff_id, limits) = (chain_id.clone(), diff_id.clone(), self.config.unpack_limits.clone());
+        let (chain_id, diff_id) = (chain_id.clone(), diff_id.clone());
+        let limits = UnpackLimits { reserve: self.config.space_reserve, ..self.config.unpack_limits.clone() };
         progress.unpacking.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let unpacked = tokio::task::spawn_blocking(move || {
             layers.add(&chain_id, &diff_id, |dir| {
                 let file = std::fs::File::open(&blob).map_err(|e| format!("open blob {}: {e}", blob.display()))?;
                 let reader = std::io::BufReader::with_capacity(1 << 20, file);
-                let stats = unpack_layer(reader, compression, dir, &limits).map_err(|e| error_chain(&e))?;
-                Ok::<_, String>(Unpacked { diff_id: stats.diff_id, size: stats.bytes })
+                let stats = unpack_layer(reader, compression, dir, &limits)?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Unpacked {
+                    diff_id: stats.diff_id,
+                    size: stats.bytes,
+                })
             })
         })
         .await;

@@ -21,6 +21,7 @@ use crate::pull::PullProgress;
 use crate::registry::manifest::MAX_CONFIG_SIZE;
 use crate::registry::{RegistryClient, RegistryConfig, RegistryError};
 use crate::snapshot::{SnapshotError, SnapshotStore};
+use crate::space::SpaceReserve;
 use crate::unpack::{UnpackError, UnpackLimits};
 
 /// How the store is set up.
@@ -38,8 +39,10 @@ pub struct ImageStoreConfig {
     pub progress_timeout: Duration,
     /// How often a running pull logs its progress.
     pub progress_interval: Duration,
-    /// Per-layer unpack limits.
+    /// Per-layer unpack limits (their `reserve` is replaced by `space_reserve`).
     pub unpack_limits: UnpackLimits,
+    /// Free space that downloads and unpacks leave on the image filesystem.
+    pub space_reserve: SpaceReserve,
 }
 
 /// What a pull produced.
@@ -107,6 +110,8 @@ pub enum ErrorKind {
     Unauthenticated,
     /// The registry could not be reached or stalled.
     Unavailable,
+    /// The image filesystem reached its free-space reserve.
+    ResourceExhausted,
     /// Anything else.
     Internal,
 }
@@ -204,6 +209,12 @@ impl ImageError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Registry { source, .. } => source.kind(),
+            Self::Content { source: ContentError::LowSpace { .. }, .. } => ErrorKind::ResourceExhausted,
+            Self::Layer { source: LayerError::Unpack { source, .. }, .. }
+                if matches!(source.downcast_ref::<UnpackError>(), Some(UnpackError::LowSpace(_))) =>
+            {
+                ErrorKind::ResourceExhausted
+            }
             Self::Content {
                 source:
                     ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. } | ContentError::TooLarge { .. },
@@ -238,7 +249,8 @@ pub struct ImageStore {
 impl ImageStore {
     /// Opens (creating) every part of the store.
     pub fn open(config: ImageStoreConfig) -> Result<Self, ImageError> {
-        let content = ContentStore::open(&config.root.join("content")).map_err(ImageError::Storage)?;
+        let content =
+            ContentStore::open_with(&config.root.join("content"), config.space_reserve).map_err(ImageError::Storage)?;
         let layers = LayerStore::open(&config.root.join("layers")).map_err(ImageError::Layers)?;
         let snapshots = SnapshotStore::open(&config.containers_root).map_err(ImageError::Snapshots)?;
         let registry =
@@ -402,6 +414,7 @@ mod usage_tests {
             progress_timeout: Duration::from_secs(60),
             progress_interval: Duration::from_secs(5),
             unpack_limits: UnpackLimits::default(),
+            space_reserve: SpaceReserve::default(),
         };
         let store = ImageStore::open(config).expect("store");
         let layers = dir.path().join("images/layers");

@@ -235,3 +235,20 @@ fn read_is_bounded() {
     let err = store.read(&digest, 4095).expect_err("over the limit");
     assert!(matches!(err, ContentError::TooLarge { size: 4096, limit: 4095, .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn downloads_stop_at_the_space_reserve_and_leave_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ContentStore::open_with(dir.path(), SpaceReserve { percent: 100 }).expect("open");
+    let data = b"does not fit".repeat(10);
+    let digest = Digest::of(&data);
+    let err = store
+        .ingest(&digest, data.len() as u64, &Progress::default(), |o| serve(data.clone(), o, true))
+        .await
+        .expect_err("no room");
+    assert!(matches!(err, ContentError::LowSpace { .. }), "{err:?}");
+    let err = store.write_bytes(&digest, &data).expect_err("no room");
+    assert!(matches!(err, ContentError::LowSpace { .. }), "{err:?}");
+    assert!(store.list().expect("list").is_empty());
+    assert_eq!(fs::read_dir(dir.path().join("ingest")).expect("ingest dir").count(), 0);
+}

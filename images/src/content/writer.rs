@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{ContentError, io};
-use crate::digest::Hasher;
+use crate::digest::{Digest, Hasher};
+use crate::space::{CHECK_EVERY, SpaceReserve};
 
 /// Chunks queued between the network and the disk.
 const QUEUE: usize = 16;
@@ -29,15 +30,30 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts writing after what `file` holds (`hasher` has hashed it), or
-    /// from byte 0 when `restart`.
-    pub(super) fn start(mut file: File, mut hasher: Hasher, restart: bool, ingest: PathBuf) -> Self {
+    /// from byte 0 when `restart`. Every [`CHECK_EVERY`] bytes the free space
+    /// of the filesystem is checked against `reserve`.
+    pub(super) fn start(
+        mut file: File,
+        mut hasher: Hasher,
+        restart: bool,
+        ingest: PathBuf,
+        digest: Digest,
+        reserve: SpaceReserve,
+    ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
         let task = tokio::task::spawn_blocking(move || {
             if restart {
                 truncate(&mut file, &ingest)?;
                 hasher = Hasher::new();
             }
+            let mut next_check = hasher.len().saturating_add(CHECK_EVERY);
             while let Some(chunk) = rx.blocking_recv() {
+                if hasher.len() >= next_check {
+                    reserve
+                        .check_fd(&file, CHECK_EVERY)
+                        .map_err(|source| ContentError::LowSpace { digest: digest.clone(), source })?;
+                    next_check = hasher.len().saturating_add(CHECK_EVERY);
+                }
                 file.write_all(&chunk).map_err(|source| io("write", &ingest, source))?;
                 hasher.update(&chunk);
             }
