@@ -1,8 +1,9 @@
 //! Images that lie or attack: blobs that do not match their digest, configs
 //! whose diff ids do not match the layers, descriptors with wrong sizes,
-//! layer tars that try to write outside the layer, oversized tar headers
-//! and configs. Each is refused with InvalidArgument (ResourceExhausted at
-//! the free-space reserve) and a message of bounded size, leaves no image and no layer directory behind, and writes nothing
+//! layer tars that try to write outside the layer, oversized tar headers and
+//! configs, and decompression bombs. Each is refused with InvalidArgument
+//! (ResourceExhausted at the free-space reserve) and a message of bounded
+//! size, leaves no image, blob or layer directory behind, and writes nothing
 //! outside crius's root.
 
 use std::collections::BTreeSet;
@@ -81,6 +82,10 @@ async fn assert_refused_with(
         assert!(!chains.contains(entry), "{name}: refused layer {entry} stored");
     }
     assert!(layers.is_empty(), "{name}: layer directories left: {layers:?}");
+    let blobs = env.blob_entries();
+    assert!(blobs.is_empty(), "{name}: blobs left: {blobs:?}");
+    let ingest = dir_entries(&env.image_root().join("content/ingest"));
+    assert!(ingest.is_empty(), "{name}: downloads left: {ingest:?}");
     assert_no_file_named(&env.dirs.root, "escape", name);
     sentinel.assert_untouched(name);
 }
@@ -298,6 +303,21 @@ async fn env_with_images_config(test: &str, images: &str) -> anyhow::Result<Opti
     std::fs::write(&config, format!("{}[images]\n{images}\n", crius_e2e::TEST_CONFIG))?;
     let config = config.to_str().expect("utf-8").to_owned();
     Ok(Some(ImageEnv::with_registry(registry, &["--config", &config]).await?))
+}
+
+#[tokio::test]
+async fn a_gzip_bomb_stops_at_the_layer_cap_and_leaves_nothing() -> anyhow::Result<()> {
+    let test = "a_gzip_bomb_stops_at_the_layer_cap_and_leaves_nothing";
+    let Some(env) = env_with_images_config(test, "max_layer_unpacked_bytes = 67108864").await? else {
+        return Ok(());
+    };
+    let sentinel = Sentinel::new()?;
+    // 1 GiB of zeros in about a MB; its diff id is never compared.
+    let gz = hostile::bomb_tar(1 << 30).gzip();
+    let config = config_json(&[&sha256(b"never compared").to_string()]);
+    env.registry.push_image_parts("bomb", "v1", &[(gz, OCI_LAYER_GZIP, Vec::new())], vec![], config, true).await;
+    assert_refused(&env, &sentinel, "bomb", &[], &["exceeds the unpack limit of 67108864 bytes"]).await;
+    Ok(())
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@
 pub mod content;
 pub mod digest;
 pub mod layers;
+mod lease;
 pub mod pull;
 pub mod reference;
 pub mod registry;

@@ -17,6 +17,7 @@ use std::time::Duration;
 use crate::content::{ContentError, ContentStore};
 use crate::digest::Digest;
 use crate::layers::{LayerError, LayerStore};
+use crate::lease::{Leases, Resource};
 use crate::pull::PullProgress;
 use crate::registry::manifest::MAX_CONFIG_SIZE;
 use crate::registry::{RegistryClient, RegistryConfig, RegistryError};
@@ -237,6 +238,8 @@ pub struct ImageStore {
     pub(crate) config: ImageStoreConfig,
     pub(crate) content: Arc<ContentStore>,
     pub(crate) layers: Arc<LayerStore>,
+    /// What pulls in progress hold and added.
+    pub(crate) leases: Arc<Leases>,
     pub(crate) snapshots: SnapshotStore,
     pub(crate) registry: RegistryClient,
     pub(crate) pulls: Mutex<HashMap<u64, Arc<PullProgress>>>,
@@ -259,6 +262,7 @@ impl ImageStore {
             config,
             content: Arc::new(content),
             layers: Arc::new(layers),
+            leases: Arc::default(),
             snapshots,
             registry,
             pulls: Mutex::new(HashMap::new()),
@@ -292,7 +296,8 @@ impl ImageStore {
         &self.snapshots
     }
 
-    /// Deletes every blob and layer not in the keep sets.
+    /// Deletes every blob and layer not in the keep sets, except what a
+    /// pull in progress holds.
     pub fn collect_garbage(
         &self,
         keep_blobs: &HashSet<Digest>,
@@ -300,14 +305,18 @@ impl ImageStore {
     ) -> Result<GcStats, ImageError> {
         let mut stats = GcStats::default();
         for blob in self.content.list().map_err(ImageError::Storage)? {
-            if !keep_blobs.contains(&blob) {
+            let resource = Resource::Blob(blob.clone());
+            if !keep_blobs.contains(&blob) && !self.leases.is_held(&resource) {
                 self.content.delete(&blob).map_err(ImageError::Storage)?;
+                self.leases.forget(&resource);
                 stats.blobs_removed += 1;
             }
         }
         for layer in self.layers.list().map_err(ImageError::Layers)? {
-            if !keep_layers.contains(&layer.chain_id) {
+            let resource = Resource::Layer(layer.chain_id.clone());
+            if !keep_layers.contains(&layer.chain_id) && !self.leases.is_held(&resource) {
                 self.layers.remove(&layer.chain_id).map_err(ImageError::Layers)?;
+                self.leases.forget(&resource);
                 stats.layers_removed += 1;
             }
         }
