@@ -7,10 +7,12 @@
 //!
 //! [`registry`] runs a real local registry and pushes test images to it;
 //! [`images`] has the helpers of the image service tests; [`hostile`]
-//! builds hostile image parts of any size as streams.
+//! builds hostile image parts of any size as streams, and
+//! [`fake_registry`] serves them (for `examples/hostile_pull_rss.rs`).
 #![warn(missing_docs)]
 
 pub mod containers;
+pub mod fake_registry;
 pub mod hostile;
 pub mod images;
 pub mod pod_net;
