@@ -1,5 +1,6 @@
 //! A bound on tar extension headers: GNU long names (`L`), GNU long link
-//! names (`K`) and PAX records (`x`).
+//! names (`K`), PAX records (`x`) and the extension blocks of GNU sparse
+//! maps.
 //!
 //! The tar crate reads the body of each of these whole into a `Vec` before
 //! it yields the entry they describe, whatever size the header declares: a
@@ -14,7 +15,9 @@
 //! extension headers themselves), and a GNU sparse header is followed by its
 //! extension blocks before the data. When a header block declares an
 //! extension body larger than the limit, the next read (the crate asking for
-//! that body) fails, so the crate never allocates for it.
+//! that body) fails, so the crate never allocates for it. A GNU sparse map
+//! (which the crate keeps as a list of regions, 21 per extension block) is
+//! held to the same limit: its extension blocks stop after 1 MiB.
 //!
 //! Why not the crate's raw mode, handling the extensions ourselves: raw mode
 //! frames a GNU sparse entry with extension blocks wrongly (only the
@@ -44,6 +47,8 @@ pub enum Extension {
     LongLink,
     /// PAX extended header (`x`).
     Pax,
+    /// The extension blocks of a GNU sparse map.
+    SparseMap,
 }
 
 impl fmt::Display for Extension {
@@ -52,6 +57,7 @@ impl fmt::Display for Extension {
             Self::LongName => "GNU long name",
             Self::LongLink => "GNU long link name",
             Self::Pax => "PAX",
+            Self::SparseMap => "GNU sparse map",
         })
     }
 }
@@ -71,8 +77,9 @@ pub(super) struct Framing {
 enum Next {
     /// A header block.
     Header,
-    /// A GNU sparse extension block; `stored` data bytes follow the last one.
-    SparseExt { stored: u64 },
+    /// A GNU sparse extension block, the `index`th (from 1); `stored` data
+    /// bytes follow the last one.
+    SparseExt { stored: u64, index: u64 },
     /// The body of a PAX header (kept: it may set the next entry's size).
     PaxBody { len: u64 },
     /// An extension header over the limit: its body is never read.
@@ -132,12 +139,18 @@ impl<R: Read> HeaderBound<R> {
     fn complete(&mut self) {
         match self.next {
             Next::Header => self.header(),
-            Next::SparseExt { stored } => {
+            Next::SparseExt { stored, index } => {
                 let mut ext = tar::GnuExtSparseHeader::new();
                 ext.as_mut_bytes().copy_from_slice(&self.buf);
                 let after = self.at + BLOCK;
                 if ext.is_extended() {
-                    self.expect(Some(after), Next::SparseExt { stored });
+                    let read = (index + 1) * BLOCK;
+                    if read > MAX_EXTENSION {
+                        self.framing.refused.set(Some((Extension::SparseMap, read)));
+                        self.next = Next::Refused;
+                        return;
+                    }
+                    self.expect(Some(after), Next::SparseExt { stored, index: index + 1 });
                 } else {
                     self.expect(padded(stored).and_then(|s| after.checked_add(s)), Next::Header);
                 }
@@ -198,7 +211,9 @@ impl<R: Read> HeaderBound<R> {
         self.framing.entry_header.set(Some(self.at));
         if kind.is_gnu_sparse() {
             match header.as_gnu() {
-                Some(gnu) if gnu.is_extended() => return self.expect(Some(body), Next::SparseExt { stored: size }),
+                Some(gnu) if gnu.is_extended() => {
+                    return self.expect(Some(body), Next::SparseExt { stored: size, index: 1 });
+                }
                 Some(_) => {}
                 None => return self.expect(None, Next::Done),
             }

@@ -209,3 +209,36 @@ fn unpack_errors_cut_long_names() {
     assert!(text.len() < 1024, "error of {} bytes", text.len());
     assert!(text.contains("../nnn") && text.contains(&format!("({} bytes)", name.len())), "{text}");
 }
+
+#[test]
+fn unpack_refuses_oversized_gnu_sparse_maps() {
+    // A sparse header whose map goes on for 4096 extension blocks (2 MiB),
+    // all of them empty: the crate would keep reading them.
+    let mut header = Header::new_gnu();
+    header.set_entry_type(EntryType::GNUSparse);
+    header.set_path("sparse").expect("path");
+    header.set_size(0);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    let gnu = header.as_gnu_mut().expect("gnu header");
+    gnu.set_real_size(0);
+    gnu.set_is_extended(true);
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    let blocks = 4096;
+    for i in 0..blocks {
+        let mut ext = tar::GnuExtSparseHeader::new();
+        ext.set_is_extended(i + 1 < blocks);
+        tar.extend(ext.as_bytes());
+    }
+    tar.extend([0u8; 1024]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let err = unpack(&tar, Compression::None, tmp.path()).expect_err("oversized sparse map");
+    assert!(
+        matches!(err, UnpackError::ExtensionTooLarge { kind: Extension::SparseMap, size, .. } if size == MAX_EXTENSION + 512),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("GNU sparse map header"), "{err}");
+}
