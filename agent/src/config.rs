@@ -114,6 +114,9 @@ pub struct ImagesConfig {
     pub pull_progress_timeout_secs: u64,
     /// Largest total of uncompressed bytes one layer may unpack to.
     pub max_layer_unpacked_bytes: u64,
+    /// Percent of the image filesystem (bytes and inodes) that pulls leave
+    /// free: a download or unpack that would go under it fails (0: no reserve).
+    pub min_free_percent: u8,
     /// Images kubelet's garbage collection must never remove (references as pulled).
     pub pinned_images: Vec<String>,
 }
@@ -241,7 +244,12 @@ impl Default for RegistryConfig {
 
 impl Default for ImagesConfig {
     fn default() -> Self {
-        Self { pull_progress_timeout_secs: 60, max_layer_unpacked_bytes: 64 << 30, pinned_images: Vec::new() }
+        Self {
+            pull_progress_timeout_secs: 60,
+            max_layer_unpacked_bytes: crius_images::unpack::DEFAULT_MAX_BYTES,
+            min_free_percent: crius_images::space::DEFAULT_RESERVE_PERCENT,
+            pinned_images: Vec::new(),
+        }
     }
 }
 
@@ -381,6 +389,13 @@ impl Config {
                 key: "images.max_layer_unpacked_bytes",
                 value: "0".into(),
                 allowed: "a number of bytes greater than 0".into(),
+            });
+        }
+        if self.images.min_free_percent > 99 {
+            return Err(ConfigError::Invalid {
+                key: "images.min_free_percent",
+                value: self.images.min_free_percent.to_string(),
+                allowed: "a percentage from 0 (no reserve) to 99".into(),
             });
         }
         if !self.registry.config_path.is_absolute() {

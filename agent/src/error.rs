@@ -101,6 +101,7 @@ pub fn status(error: &AgentError) -> tonic::Status {
             ImageErrorKind::InvalidArgument => tonic::Status::invalid_argument(message),
             ImageErrorKind::Unauthenticated => tonic::Status::unauthenticated(message),
             ImageErrorKind::Unavailable => tonic::Status::unavailable(message),
+            ImageErrorKind::ResourceExhausted => tonic::Status::resource_exhausted(message),
             ImageErrorKind::Internal => tonic::Status::internal(message),
         },
     }

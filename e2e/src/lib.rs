@@ -6,10 +6,14 @@
 //! test executable (`cargo build -p crius` first; the test command does).
 //!
 //! [`registry`] runs a real local registry and pushes test images to it;
-//! [`images`] has the helpers of the image service tests.
+//! [`images`] has the helpers of the image service tests; [`hostile`]
+//! builds hostile image parts of any size as streams, and
+//! [`fake_registry`] serves them (for `examples/hostile_pull_rss.rs`).
 #![warn(missing_docs)]
 
 pub mod containers;
+pub mod fake_registry;
+pub mod hostile;
 pub mod images;
 pub mod pod_net;
 pub mod registry;

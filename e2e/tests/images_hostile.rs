@@ -1,15 +1,21 @@
 //! Images that lie or attack: blobs that do not match their digest, configs
-//! whose diff ids do not match the layers, descriptors with wrong sizes, and
-//! layer tars that try to write outside the layer. Each is refused with
-//! InvalidArgument, leaves no image and no layer directory behind, and
-//! writes nothing outside crius's root.
+//! whose diff ids do not match the layers, descriptors with wrong sizes,
+//! layer tars that try to write outside the layer, oversized tar headers and
+//! configs, and decompression bombs. Each is refused with InvalidArgument
+//! (ResourceExhausted at the free-space reserve) and a message of bounded
+//! size, leaves no image, blob or layer directory behind, and writes nothing
+//! outside crius's root.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crius_e2e::hostile;
 use crius_e2e::images::{ImageEnv, RawEntry, chain_ids, dir_entries, raw_tar, sha256};
-use crius_e2e::registry::{Layer, OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST, gzip_layer, layer_tar, tar_layer};
+use crius_e2e::registry::{
+    Layer, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_MANIFEST, TestRegistry, gzip_layer, host_arch, layer_tar,
+    tar_layer,
+};
 
 const VICTIM: &[u8] = b"must stay as it is";
 
@@ -47,10 +53,24 @@ impl Sentinel {
 /// Pulls `name:v1` expecting InvalidArgument whose message contains every
 /// one of `needles`; then checks that nothing of it stayed.
 async fn assert_refused(env: &ImageEnv, sentinel: &Sentinel, name: &str, chains: &[String], needles: &[&str]) {
+    assert_refused_with(env, sentinel, name, chains, needles, tonic::Code::InvalidArgument).await;
+}
+
+/// [`assert_refused`] expecting `code`.
+async fn assert_refused_with(
+    env: &ImageEnv,
+    sentinel: &Sentinel,
+    name: &str,
+    chains: &[String],
+    needles: &[&str],
+    code: tonic::Code,
+) {
     let reference = env.reference(&format!("{name}:v1"));
     let err = env.pull(&reference).await.expect_err(name);
-    println!("{name}: {}", err.message());
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name}: {err:?}");
+    let shown: String = err.message().chars().take(2000).collect();
+    println!("{name}: {shown}");
+    assert_eq!(err.code(), code, "{name}: {:?}: {shown}", err.code());
+    assert!(err.message().len() < 4096, "{name}: a message of {} bytes", err.message().len());
     for needle in needles {
         assert!(err.message().contains(needle), "{name}: message lacks {needle:?}: {}", err.message());
     }
@@ -62,6 +82,10 @@ async fn assert_refused(env: &ImageEnv, sentinel: &Sentinel, name: &str, chains:
         assert!(!chains.contains(entry), "{name}: refused layer {entry} stored");
     }
     assert!(layers.is_empty(), "{name}: layer directories left: {layers:?}");
+    let blobs = env.blob_entries();
+    assert!(blobs.is_empty(), "{name}: blobs left: {blobs:?}");
+    let ingest = dir_entries(&env.image_root().join("content/ingest"));
+    assert!(ingest.is_empty(), "{name}: downloads left: {ingest:?}");
     assert_no_file_named(&env.dirs.root, "escape", name);
     sentinel.assert_untouched(name);
 }
@@ -161,7 +185,7 @@ async fn a_lying_size_does_not_poison_the_blob_for_honest_images() -> anyhow::Re
 
 fn config_json(diff_ids: &[&str]) -> Vec<u8> {
     let config = serde_json::json!({
-        "architecture": crius_e2e::registry::host_arch(),
+        "architecture": host_arch(),
         "os": "linux",
         "config": {},
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
@@ -234,5 +258,87 @@ async fn later_entries_replace_symlinks_instead_of_writing_through_them() -> any
     assert!(std::fs::symlink_metadata(fs.join("dir-link"))?.is_dir(), "the symlink was replaced by a directory");
     assert_eq!(std::fs::read(fs.join("dir-link/inside"))?, b"stays inside");
     sentinel.assert_untouched("replace");
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversized_tar_headers_are_refused_unread() -> anyhow::Result<()> {
+    let Some(env) = ImageEnv::start("oversized_tar_headers_are_refused_unread").await? else { return Ok(()) };
+    let sentinel = Sentinel::new()?;
+    let size = 8 << 20;
+    let cases = [
+        ("long-name", hostile::long_name_tar(tar::EntryType::GNULongName, size), "GNU long name header"),
+        ("long-link", hostile::long_name_tar(tar::EntryType::GNULongLink, size), "GNU long link name header"),
+        ("pax", hostile::pax_tar(size), "PAX header"),
+    ];
+    for (name, tar, what) in cases {
+        let tar_bytes = tar.to_vec();
+        let layer: Layer<'_> = (tar.gzip(), OCI_LAYER_GZIP, tar_bytes.clone());
+        env.registry.push_image_with(name, "v1", &[layer], None, true).await;
+        let needle = format!("{what} of {size} bytes exceeds the limit of 1048576 bytes");
+        assert_refused(&env, &sentinel, name, &chain_hex(&[&tar_bytes]), &[&needle]).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_oversized_config_is_refused_before_it_is_downloaded() -> anyhow::Result<()> {
+    let Some(env) = ImageEnv::start("an_oversized_config_is_refused_before_it_is_downloaded").await? else {
+        return Ok(());
+    };
+    let sentinel = Sentinel::new()?;
+    let tar = layer_tar(&[("file", b"small layer, big config", 0o644)]);
+    let config = hostile::config_of_size(5 << 20, host_arch(), &[sha256(&tar)]).to_vec();
+    let image = env.registry.push_image_parts("bigconfig", "v1", &[tar_layer(&tar)], vec![], config, true).await;
+    assert_refused(&env, &sentinel, "bigconfig", &chain_hex(&[&tar]), &["5242880 bytes", "4194304"]).await;
+    assert_eq!(env.registry.blob_get_count(&image.config), 0, "the config was downloaded");
+    Ok(())
+}
+
+/// A registry and a crius whose config file adds `images` (TOML lines of
+/// the `[images]` section) to the test config.
+async fn env_with_images_config(test: &str, images: &str) -> anyhow::Result<Option<ImageEnv>> {
+    let Some(registry) = TestRegistry::start(test) else { return Ok(None) };
+    let config = registry.dir().join("crius.toml");
+    std::fs::write(&config, format!("{}[images]\n{images}\n", crius_e2e::TEST_CONFIG))?;
+    let config = config.to_str().expect("utf-8").to_owned();
+    Ok(Some(ImageEnv::with_registry(registry, &["--config", &config]).await?))
+}
+
+#[tokio::test]
+async fn a_gzip_bomb_stops_at_the_layer_cap_and_leaves_nothing() -> anyhow::Result<()> {
+    let test = "a_gzip_bomb_stops_at_the_layer_cap_and_leaves_nothing";
+    let Some(env) = env_with_images_config(test, "max_layer_unpacked_bytes = 67108864").await? else {
+        return Ok(());
+    };
+    let sentinel = Sentinel::new()?;
+    // 1 GiB of zeros in about a MB; its diff id is never compared.
+    let gz = hostile::bomb_tar(1 << 30).gzip();
+    let config = config_json(&[&sha256(b"never compared").to_string()]);
+    env.registry.push_image_parts("bomb", "v1", &[(gz, OCI_LAYER_GZIP, Vec::new())], vec![], config, true).await;
+    assert_refused(&env, &sentinel, "bomb", &[], &["exceeds the unpack limit of 67108864 bytes"]).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pulls_stop_at_the_free_space_reserve() -> anyhow::Result<()> {
+    let test = "pulls_stop_at_the_free_space_reserve";
+    // A reserve just above what the test filesystem has free.
+    let stat = nix::sys::statvfs::statvfs(std::env::temp_dir().as_path())?;
+    let free_percent = stat.blocks_available() as f64 * 100.0 / stat.blocks() as f64;
+    let reserve = free_percent.floor() as u64 + 1;
+    if reserve > 99 {
+        println!("SKIP {test}: the filesystem of {} is {free_percent:.0}% free", std::env::temp_dir().display());
+        return Ok(());
+    }
+    let Some(env) = env_with_images_config(test, &format!("min_free_percent = {reserve}")).await? else {
+        return Ok(());
+    };
+    let sentinel = Sentinel::new()?;
+    let tar = layer_tar(&[("file", b"any image", 0o644)]);
+    env.registry.push_image_with("tight", "v1", &[gzip_layer(&tar)], None, true).await;
+    let needle = format!("{reserve}% of");
+    let needles = ["images.min_free_percent", needle.as_str()];
+    assert_refused_with(&env, &sentinel, "tight", &chain_hex(&[&tar]), &needles, tonic::Code::ResourceExhausted).await;
     Ok(())
 }

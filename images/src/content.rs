@@ -6,10 +6,21 @@
 //! first and renamed. An interrupted download leaves only its ingest file,
 //! which the next download of the same blob resumes (or restarts). Concurrent
 //! downloads of one blob are serialised, so each blob is fetched once.
+//!
+//! Nothing here blocks an async runtime thread for long: a download writes
+//! and hashes on a blocking thread of its own ([`writer`]), fed through a
+//! short queue, and opening, re-hashing and committing (fsync, rename) a blob
+//! run on blocking threads too. The writer holds an exclusive `flock` on its
+//! ingest file, so a download that was cancelled finishes its writes before
+//! the next download of that blob reads the file.
+//!
+//! Writes stop at the image filesystem's free-space reserve ([`SpaceReserve`]).
+
+mod writer;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +29,8 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use crate::digest::{Digest, Hasher};
+use crate::space::{SpaceError, SpaceReserve};
+use writer::Writer;
 
 /// Why a blob could not be stored or read.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +75,28 @@ pub enum ContentError {
     /// The blob is not in the store.
     #[error("blob {0} is not in the content store")]
     NotFound(Digest),
+    /// The blob is larger than its reader accepts.
+    #[error("blob {digest} has {size} bytes, more than the {limit} accepted")]
+    TooLarge {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Writing the blob would take the image filesystem under its reserve.
+    #[error("blob {digest} does not fit above the free-space reserve")]
+    LowSpace {
+        /// The blob.
+        digest: Digest,
+        /// Why.
+        #[source]
+        source: SpaceError,
+    },
+    /// A blocking task failed.
+    #[error("content store task failed: {0}")]
+    Task(String),
 }
 
 /// What a fetch returns: a byte stream starting at the offset it was asked
@@ -81,6 +116,15 @@ pub struct Progress {
     pub bytes_done: AtomicU64,
 }
 
+/// A blob in the store after [`ContentStore::ingest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    /// Where it lives.
+    pub path: PathBuf,
+    /// Whether this call stored it (it was not there before).
+    pub created: bool,
+}
+
 /// The content store.
 #[derive(Debug)]
 pub struct ContentStore {
@@ -89,15 +133,26 @@ pub struct ContentStore {
     ingesting: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Numbers temp files of `write_bytes`.
     next_tmp: AtomicU64,
+    reserve: SpaceReserve,
 }
 
 impl ContentStore {
-    /// Opens (creating) the store under `root`.
+    /// Opens (creating) the store under `root`, with the default reserve.
     pub fn open(root: &Path) -> Result<Self, ContentError> {
+        Self::open_with(root, SpaceReserve::default())
+    }
+
+    /// Opens (creating) the store under `root`; downloads keep `reserve` free.
+    pub fn open_with(root: &Path, reserve: SpaceReserve) -> Result<Self, ContentError> {
         for dir in [root.join("blobs/sha256"), root.join("ingest")] {
             fs::create_dir_all(&dir).map_err(|source| io("create", &dir, source))?;
         }
-        Ok(Self { root: root.to_path_buf(), ingesting: Mutex::new(HashMap::new()), next_tmp: AtomicU64::new(0) })
+        Ok(Self {
+            root: root.to_path_buf(),
+            ingesting: Mutex::new(HashMap::new()),
+            next_tmp: AtomicU64::new(0),
+            reserve,
+        })
     }
 
     /// Where a verified blob lives.
@@ -114,14 +169,22 @@ impl ContentStore {
         self.blob_path(digest).is_file()
     }
 
-    /// Reads a whole (small) blob: a manifest or a config.
-    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, ContentError> {
+    /// Reads a whole (small) blob, a manifest or a config, of at most
+    /// `limit` bytes. Blocking.
+    pub fn read(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, ContentError> {
         let path = self.blob_path(digest);
-        match fs::read(&path) {
-            Ok(data) => Ok(data),
-            Err(e) if e.kind() == ErrorKind::NotFound => Err(ContentError::NotFound(digest.clone())),
-            Err(source) => Err(io("read", &path, source)),
+        let file = self.open_blob(digest)?;
+        let size = file.metadata().map_err(|source| io("stat", &path, source))?.len();
+        if size > limit {
+            return Err(ContentError::TooLarge { digest: digest.clone(), size, limit });
         }
+        let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        // Bounded even if the file grew since the stat.
+        file.take(limit.saturating_add(1)).read_to_end(&mut data).map_err(|source| io("read", &path, source))?;
+        if data.len() as u64 > limit {
+            return Err(ContentError::TooLarge { digest: digest.clone(), size: data.len() as u64, limit });
+        }
+        Ok(data)
     }
 
     /// Opens a blob for streaming reads.
@@ -133,26 +196,30 @@ impl ContentStore {
         })
     }
 
-    /// Stores bytes already in memory, after checking they hash to `digest`.
-    pub fn write_bytes(&self, digest: &Digest, data: &[u8]) -> Result<(), ContentError> {
+    /// Stores bytes already in memory, after checking they hash to `digest`;
+    /// `true` when this call stored them. Blocking (hashing, fsync).
+    pub fn write_bytes(&self, digest: &Digest, data: &[u8]) -> Result<bool, ContentError> {
         let actual = Digest::of(data);
         if &actual != digest {
             return Err(ContentError::DigestMismatch { expected: digest.clone(), actual });
         }
         if self.contains(digest) {
-            return Ok(());
+            return Ok(false);
         }
+        self.reserve
+            .check_path(&self.root, data.len() as u64)
+            .map_err(|source| ContentError::LowSpace { digest: digest.clone(), source })?;
         // A name of its own per writer: concurrent writers of one blob must
         // not share (and truncate, or rename away) each other's temp file.
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let ingest = self.root.join("ingest").join(format!("{}.{}.{n}.tmp", digest.hex(), std::process::id()));
         let mut file = File::create(&ingest).map_err(|source| io("create", &ingest, source))?;
         let written = file.write_all(data).map_err(|source| io("write", &ingest, source));
-        let result = written.and_then(|()| self.commit(file, &ingest, digest));
+        let result = written.and_then(|()| commit(file, &ingest, &self.blob_path(digest)));
         if result.is_err() {
             let _ = fs::remove_file(&ingest);
         }
-        result
+        result.map(|()| true)
     }
 
     /// Downloads a blob unless it is already stored, and returns its path.
@@ -167,7 +234,7 @@ impl ContentStore {
         size: u64,
         progress: &Progress,
         fetch: F,
-    ) -> Result<PathBuf, ContentError>
+    ) -> Result<Ingested, ContentError>
     where
         F: FnMut(u64) -> Fut,
         Fut: Future<Output = Result<FetchedStream<S>, E>>,
@@ -179,11 +246,11 @@ impl ContentStore {
         let path = self.blob_path(digest);
         if path.is_file() {
             self.release_lock(digest);
-            return Ok(path);
+            return Ok(Ingested { path, created: false });
         }
         let result = self.download(digest, size, progress, fetch).await;
         self.release_lock(digest);
-        result.map(|()| path)
+        result.map(|()| Ingested { path, created: true })
     }
 
     async fn download<F, Fut, S, E>(
@@ -200,10 +267,20 @@ impl ContentStore {
         E: std::fmt::Display,
     {
         let ingest = self.ingest_path(digest);
-        let (mut file, mut hasher) = self.open_partial(&ingest, digest, size)?;
+        let (file, hasher) = {
+            let (ingest, digest) = (ingest.clone(), digest.clone());
+            blocking(move || open_partial(&ingest, &digest, size)).await?
+        };
         if hasher.len() == size && hasher.clone().finish() == *digest {
             // An earlier download got every byte but failed after: done.
-            return self.commit(file, &ingest, digest);
+            return self.commit_blocking(file, digest).await;
+        }
+        if let Err(source) = self.reserve.check_path(&self.root, size - hasher.len()) {
+            if hasher.is_empty() {
+                drop(file);
+                let _ = fs::remove_file(&ingest);
+            }
+            return Err(ContentError::LowSpace { digest: digest.clone(), source });
         }
         let fetch_err = |e: E| ContentError::Fetch { digest: digest.clone(), message: e.to_string() };
         let fetched = match fetch(hasher.len()).await {
@@ -216,35 +293,42 @@ impl ContentStore {
             }
             Err(e) => return Err(fetch_err(e)),
         };
-        if !fetched.resumed && !hasher.is_empty() {
-            // The source restarted from byte 0: so do we.
-            file.set_len(0).map_err(|source| io("truncate", &ingest, source))?;
-            file.seek(SeekFrom::Start(0)).map_err(|source| io("seek", &ingest, source))?;
-            hasher = Hasher::new();
-        }
-        progress.bytes_done.fetch_add(hasher.len(), Ordering::Relaxed);
+        // The source restarted from byte 0: so do we.
+        let restart = !fetched.resumed && !hasher.is_empty();
+        let mut received = if restart { 0 } else { hasher.len() };
+        progress.bytes_done.fetch_add(received, Ordering::Relaxed);
+        let mut writer = Writer::start(file, hasher, restart, ingest.clone(), digest.clone(), self.reserve);
         let mut stream = fetched.stream;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(fetch_err)?;
-            if hasher.len() + chunk.len() as u64 > size {
-                drop(file);
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    // What arrived stays, for the next download to resume.
+                    writer.finish().await.map_err(|e| discard_if_low_space(e, &ingest))?;
+                    return Err(fetch_err(e));
+                }
+            };
+            if received + chunk.len() as u64 > size {
+                drop(writer.finish().await);
                 let _ = fs::remove_file(&ingest);
                 return Err(ContentError::SizeMismatch {
                     digest: digest.clone(),
                     expected: size,
-                    actual: hasher.len() + chunk.len() as u64,
+                    actual: received + chunk.len() as u64,
                 });
             }
-            file.write_all(&chunk).map_err(|source| io("write", &ingest, source))?;
-            hasher.update(&chunk);
-            progress.bytes_done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            received += chunk.len() as u64;
+            let len = chunk.len() as u64;
+            writer.send(chunk).await.map_err(|e| discard_if_low_space(e, &ingest))?;
+            progress.bytes_done.fetch_add(len, Ordering::Relaxed);
         }
+        let (file, hasher) = writer.finish().await.map_err(|e| discard_if_low_space(e, &ingest))?;
         if hasher.len() != size {
             let actual = hasher.len();
             if hasher.finish() == *digest {
                 // The whole blob arrived and is genuine, but the descriptor
                 // lied about its size: keep the blob, refuse the descriptor.
-                self.commit(file, &ingest, digest)?;
+                self.commit_blocking(file, digest).await?;
             }
             // Otherwise the partial file stays: the next pull resumes from here.
             return Err(ContentError::SizeMismatch { digest: digest.clone(), expected: size, actual });
@@ -255,44 +339,13 @@ impl ContentStore {
             let _ = fs::remove_file(&ingest);
             return Err(ContentError::DigestMismatch { expected: digest.clone(), actual });
         }
-        self.commit(file, &ingest, digest)
+        self.commit_blocking(file, digest).await
     }
 
-    /// Opens the ingest file, hashing what an earlier attempt left in it.
-    fn open_partial(&self, ingest: &Path, digest: &Digest, size: u64) -> Result<(File, Hasher), ContentError> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(ingest)
-            .map_err(|source| io("open", ingest, source))?;
-        let mut hasher = Hasher::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = file.read(&mut buf).map_err(|source| io("read", ingest, source))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        if hasher.len() > size {
-            tracing::debug!(%digest, "discarding oversized partial download");
-            file.set_len(0).map_err(|source| io("truncate", ingest, source))?;
-            file.seek(SeekFrom::Start(0)).map_err(|source| io("seek", ingest, source))?;
-            hasher = Hasher::new();
-        }
-        Ok((file, hasher))
-    }
-
-    /// fsync, rename into place, fsync the directory.
-    fn commit(&self, file: File, ingest: &Path, digest: &Digest) -> Result<(), ContentError> {
-        file.sync_all().map_err(|source| io("fsync", ingest, source))?;
-        drop(file);
-        let target = self.blob_path(digest);
-        fs::rename(ingest, &target).map_err(|source| io("rename into place", &target, source))?;
-        let dir = self.root.join("blobs/sha256");
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(|source| io("fsync", &dir, source))
+    /// [`commit`] on a blocking thread.
+    async fn commit_blocking(&self, file: File, digest: &Digest) -> Result<(), ContentError> {
+        let (ingest, target) = (self.ingest_path(digest), self.blob_path(digest));
+        blocking(move || commit(file, &ingest, &target)).await
     }
 
     /// Deletes a blob (and any partial download of it). Missing is fine.
@@ -336,6 +389,61 @@ impl ContentStore {
             map.remove(digest);
         }
     }
+}
+
+/// Opens the ingest file, waiting for any earlier writer of it (a
+/// cancelled download still draining its queue) to let go of its lock, and
+/// hashes what earlier attempts left in it. Blocking.
+fn open_partial(ingest: &Path, digest: &Digest, size: u64) -> Result<(File, Hasher), ContentError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(ingest)
+        .map_err(|source| io("open", ingest, source))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|errno| io("lock", ingest, errno.into()))?;
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf).map_err(|source| io("read", ingest, source))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    if hasher.len() > size {
+        tracing::debug!(%digest, "discarding oversized partial download");
+        writer::truncate(&mut file, ingest)?;
+        hasher = Hasher::new();
+    }
+    Ok((file, hasher))
+}
+
+/// A download stopped at the free-space reserve gives its space back (the
+/// writer has closed the file by then).
+fn discard_if_low_space(error: ContentError, ingest: &Path) -> ContentError {
+    if matches!(error, ContentError::LowSpace { .. }) {
+        let _ = fs::remove_file(ingest);
+    }
+    error
+}
+
+/// fsync, rename into place, fsync the directory. Blocking.
+fn commit(file: File, ingest: &Path, target: &Path) -> Result<(), ContentError> {
+    file.sync_all().map_err(|source| io("fsync", ingest, source))?;
+    drop(file);
+    fs::rename(ingest, target).map_err(|source| io("rename into place", target, source))?;
+    let dir = target.parent().unwrap_or(Path::new("."));
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| io("fsync", dir, source))
+}
+
+/// Runs blocking filesystem work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ContentError> + Send + 'static,
+) -> Result<T, ContentError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| ContentError::Task(e.to_string()))?
 }
 
 fn io(operation: &'static str, path: &Path, source: std::io::Error) -> ContentError {

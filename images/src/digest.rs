@@ -17,7 +17,7 @@ pub struct Digest {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid digest {value:?}: {reason}")]
 pub struct DigestError {
-    /// The refused text.
+    /// The refused text (cut when long).
     pub value: String,
     /// What is wrong.
     pub reason: &'static str,
@@ -41,7 +41,7 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
-        let err = |reason| DigestError { value: value.to_owned(), reason };
+        let err = |reason| DigestError { value: crate::shown::cut(value), reason };
         let (algorithm, hex) = value.split_once(':').ok_or_else(|| err("expected ALGORITHM:HEX"))?;
         if algorithm != "sha256" {
             return Err(err("only sha256 digests are supported"));

@@ -36,12 +36,13 @@ pub enum LayerError {
         source: std::io::Error,
     },
     /// Unpacking failed.
-    #[error("unpack layer {chain_id}: {message}")]
+    #[error("unpack layer {chain_id}")]
     Unpack {
         /// The layer.
         chain_id: Digest,
         /// The unpacker's error.
-        message: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The layer's content is not what the image config says.
     #[error("layer {chain_id}: uncompressed content hashes to {actual}, but the image config says {expected}")]
@@ -147,11 +148,12 @@ impl LayerStore {
     }
 
     /// Unpacks a layer unless it is stored. `unpack(dir)` fills the empty
-    /// directory `dir`; its diff id must equal `diff_id`. Blocking.
-    pub fn add<F, E>(&self, chain_id: &Digest, diff_id: &Digest, unpack: F) -> Result<LayerInfo, LayerError>
+    /// directory `dir`; its diff id must equal `diff_id`. Blocking. Also
+    /// says whether this call unpacked it (it was not stored before).
+    pub fn add<F, E>(&self, chain_id: &Digest, diff_id: &Digest, unpack: F) -> Result<(LayerInfo, bool), LayerError>
     where
         F: FnOnce(&Path) -> Result<Unpacked, E>,
-        E: std::fmt::Display,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let lock = {
             let mut map = self.adding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -159,8 +161,8 @@ impl LayerStore {
         };
         let _guard = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let result = match self.info(chain_id)? {
-            Some(info) => Ok(info),
-            None => self.unpack_new(chain_id, diff_id, unpack),
+            Some(info) => Ok((info, false)),
+            None => self.unpack_new(chain_id, diff_id, unpack).map(|info| (info, true)),
         };
         let mut map = self.adding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if map.get(chain_id).is_some_and(|l| Arc::strong_count(l) <= 2) {
@@ -172,15 +174,15 @@ impl LayerStore {
     fn unpack_new<F, E>(&self, chain_id: &Digest, diff_id: &Digest, unpack: F) -> Result<LayerInfo, LayerError>
     where
         F: FnOnce(&Path) -> Result<Unpacked, E>,
-        E: std::fmt::Display,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let tmp = self.root.join(format!("{TMP_PREFIX}{}-{}-{n}", chain_id.hex(), std::process::id()));
         let fs_dir = tmp.join("fs");
         fs::create_dir_all(&fs_dir).map_err(|source| io("create", &fs_dir, source))?;
         let outcome = (|| {
-            let unpacked = unpack(&fs_dir)
-                .map_err(|e| LayerError::Unpack { chain_id: chain_id.clone(), message: e.to_string() })?;
+            let unpacked =
+                unpack(&fs_dir).map_err(|e| LayerError::Unpack { chain_id: chain_id.clone(), source: e.into() })?;
             if &unpacked.diff_id != diff_id {
                 return Err(LayerError::DiffIdMismatch {
                     chain_id: chain_id.clone(),
@@ -205,12 +207,21 @@ impl LayerStore {
 
     /// Removes a layer; removing a missing layer is fine.
     pub fn remove(&self, chain_id: &Digest) -> Result<(), LayerError> {
+        match self.detach(chain_id)? {
+            Some(trash) => remove_tree(&trash),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes a layer out of the store at once (a rename) and returns where
+    /// its tree now is, for [`remove_tree`]; `None` when it is not stored.
+    pub(crate) fn detach(&self, chain_id: &Digest) -> Result<Option<PathBuf>, LayerError> {
         let path = self.root.join(chain_id.hex());
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let trash = self.root.join(format!("{TRASH_PREFIX}{}-{}-{n}", chain_id.hex(), std::process::id()));
         match fs::rename(&path, &trash) {
-            Ok(()) => remove_tree(&trash),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Ok(()) => Ok(Some(trash)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(source) => Err(io("remove", &path, source)),
         }
     }
@@ -242,7 +253,8 @@ fn sync_tree_root(dir: &Path) -> Result<(), LayerError> {
     Ok(())
 }
 
-fn remove_tree(path: &Path) -> Result<(), LayerError> {
+/// Deletes a directory tree; a missing one is fine.
+pub(crate) fn remove_tree(path: &Path) -> Result<(), LayerError> {
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -277,8 +289,8 @@ mod tests {
         let store = LayerStore::open(dir.path()).expect("open");
         let (chain, diff) = (digest("chain"), digest("diff"));
         let mut calls = 0;
-        for _ in 0..2 {
-            let info = store
+        for round in 0..2 {
+            let (info, unpacked) = store
                 .add(&chain, &diff, |fs_dir| {
                     calls += 1;
                     fs::write(fs_dir.join("file"), b"x").map_err(|e| e.to_string())?;
@@ -286,6 +298,7 @@ mod tests {
                 })
                 .expect("add");
             assert_eq!(info.size, 1);
+            assert_eq!(unpacked, round == 0, "only the first add unpacks");
         }
         assert_eq!(calls, 1);
         assert_eq!(fs::read(store.layer_dir(&chain).join("file")).expect("read"), b"x");
@@ -303,7 +316,8 @@ mod tests {
                 Err::<Unpacked, _>("entry ../x escapes the layer".to_owned())
             })
             .expect_err("unpack failed");
-        assert!(err.to_string().contains("escapes"), "{err}");
+        let text = crate::registry::error::error_chain(&err);
+        assert!(text.contains("escapes"), "{text}");
         let err = store
             .add(&chain, &diff, |_| Ok::<_, String>(Unpacked { diff_id: digest("other"), size: 0 }))
             .expect_err("diff id lies");

@@ -9,10 +9,13 @@
 pub mod content;
 pub mod digest;
 pub mod layers;
+mod lease;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod shown;
 pub mod snapshot;
+pub mod space;
 pub mod store;
 pub mod unpack;
 

@@ -5,6 +5,12 @@
 //! Layers download and unpack concurrently (each layer directory is
 //! independent of its parents). A watchdog logs progress and cancels a pull
 //! that receives nothing for the configured time.
+//!
+//! Hostile input is bounded: manifests are read up to 4 MiB, a config whose
+//! descriptor is larger than [`MAX_CONFIG_SIZE`] is refused before it is
+//! downloaded, every blob is written to disk as it streams (never held in
+//! memory), and unpacking bounds headers, bytes and entries. A pull that
+//! fails removes what it added ([`crate::lease`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,15 +20,16 @@ use std::time::Instant;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use oci_spec::image::{Descriptor, ImageManifest};
 
-use crate::content::{ContentError, FetchedStream, Progress};
+use crate::content::{ContentError, FetchedStream, Ingested, Progress};
 use crate::digest::Digest;
 use crate::layers::{LayerInfo, Unpacked, chain_ids};
+use crate::lease::{Lease, Resource};
 use crate::reference::Reference;
-use crate::registry::error::error_chain;
-use crate::registry::manifest::parse_config;
+use crate::registry::manifest::{MAX_CONFIG_SIZE, parse_config};
 use crate::registry::{Credentials, DockerConfig, Manifest, Resolved, select_platform};
+use crate::shown;
 use crate::store::{ImageError, ImageStore, Pulled};
-use crate::unpack::{Compression, unpack_layer};
+use crate::unpack::{Compression, UnpackLimits, unpack_layer};
 
 /// Layers downloaded at the same time by one pull.
 const PARALLEL_LAYERS: usize = 3;
@@ -80,11 +87,17 @@ impl ImageStore {
         let progress = Arc::new(PullProgress::new(reference));
         let id = self.next_pull.fetch_add(1, Ordering::Relaxed);
         self.lock_pulls().insert(id, Arc::clone(&progress));
+        let lease = Lease::new(Arc::clone(&self.leases), Arc::clone(&self.content), Arc::clone(&self.layers));
         let result = tokio::select! {
-            result = self.pull_inner(reference, &credentials, &progress) => result,
+            result = self.pull_inner(Job { reference, credentials: &credentials, progress: &progress, lease: &lease }) => result,
             stalled = self.watchdog(&progress) => Err(stalled),
         };
         self.lock_pulls().remove(&id);
+        // A failed (or cancelled: dropped) pull's lease removes what it added.
+        match result {
+            Ok(_) => lease.keep(),
+            Err(_) => lease.release().await,
+        }
         result
     }
 
@@ -108,22 +121,19 @@ impl ImageStore {
         }
     }
 
-    async fn pull_inner(
-        &self,
-        reference: &Reference,
-        credentials: &Credentials,
-        progress: &PullProgress,
-    ) -> Result<Pulled, ImageError> {
+    async fn pull_inner(&self, job: Job<'_>) -> Result<Pulled, ImageError> {
+        let Job { reference, credentials, progress, lease } = job;
         let name = reference.to_string();
         let registry_err = |source| ImageError::Registry { reference: name.clone(), source: Box::new(source) };
-        let manifest_err = |reason: String| ImageError::Manifest { reference: name.clone(), reason };
+        let manifest_err =
+            |reason: String| ImageError::Manifest { reference: name.clone(), reason: shown::cut(&reason) };
         let resolved = self.registry.resolve(reference, credentials).await.map_err(registry_err)?;
         let resolved_digest = resolved.digest.clone();
         let mut blobs = Vec::new();
         let (resolved, manifest) = match resolved.manifest().map_err(|e| manifest_err(e.to_string()))? {
             Manifest::Image(manifest) => (resolved, *manifest),
             Manifest::Index(index) => {
-                self.store_bytes(&name, &resolved)?;
+                self.store_bytes(&name, &resolved, lease).await?;
                 blobs.push(resolved.digest.clone());
                 let (os, arch) = host_platform();
                 let descriptor = select_platform(&index, os, arch, None).ok_or_else(|| ImageError::NoPlatform {
@@ -139,17 +149,32 @@ impl ImageStore {
                 }
             }
         };
-        self.store_bytes(&name, &resolved)?;
+        self.store_bytes(&name, &resolved, lease).await?;
         blobs.push(resolved.digest.clone());
 
         let config_digest = parse_digest(&name, manifest.config().digest().as_ref())?;
-        let total: u64 = manifest.layers().iter().map(Descriptor::size).sum::<u64>() + manifest.config().size();
+        let config_size = manifest.config().size();
+        if config_size > MAX_CONFIG_SIZE {
+            return Err(ImageError::ConfigTooLarge {
+                reference: name.clone(),
+                size: config_size,
+                limit: MAX_CONFIG_SIZE,
+            });
+        }
+        // Sizes are the manifest's word: they must not overflow.
+        let total = manifest.layers().iter().map(Descriptor::size).fold(config_size, u64::saturating_add);
         progress.bytes_total.store(total, Ordering::Relaxed);
         progress.layers_total.store(manifest.layers().len(), Ordering::Relaxed);
-        self.fetch_blob(reference, credentials, &config_digest, manifest.config().size(), progress).await?;
+        self.fetch_blob(job, &config_digest, config_size).await?;
         blobs.push(config_digest.clone());
-        let config_bytes = self.content.read(&config_digest).map_err(ImageError::Storage)?;
+        let content = Arc::clone(&self.content);
+        let digest = config_digest.clone();
+        let config_bytes = tokio::task::spawn_blocking(move || content.read(&digest, MAX_CONFIG_SIZE))
+            .await
+            .map_err(|e| ImageError::Task(e.to_string()))?
+            .map_err(|source| ImageError::Content { reference: name.clone(), source })?;
         let config = parse_config(&config_bytes).map_err(|e| manifest_err(e.to_string()))?;
+        drop(config_bytes);
         let diff_ids =
             config.rootfs().diff_ids().iter().map(|d| parse_digest(&name, d)).collect::<Result<Vec<_>, _>>()?;
         if diff_ids.len() != manifest.layers().len() {
@@ -160,7 +185,7 @@ impl ImageStore {
             )));
         }
         let chains = chain_ids(&diff_ids);
-        let layers = self.fetch_layers(reference, credentials, &manifest, &diff_ids, &chains, progress).await?;
+        let layers = self.fetch_layers(job, &manifest, &diff_ids, &chains).await?;
         for layer in manifest.layers() {
             blobs.push(parse_digest(&name, layer.digest().as_ref())?);
         }
@@ -178,73 +203,71 @@ impl ImageStore {
 
     async fn fetch_layers(
         &self,
-        reference: &Reference,
-        credentials: &Credentials,
+        job: Job<'_>,
         manifest: &ImageManifest,
         diff_ids: &[Digest],
         chains: &[Digest],
-        progress: &PullProgress,
     ) -> Result<Vec<LayerInfo>, ImageError> {
         // Futures collected first: a closure in the stream's type would make
         // the pull future fail the `Send` check (rustc's higher-ranked lifetimes).
         let mut jobs = Vec::with_capacity(chains.len());
         for ((descriptor, diff_id), chain_id) in manifest.layers().iter().zip(diff_ids).zip(chains) {
-            jobs.push(self.fetch_layer(reference, credentials, descriptor, diff_id, chain_id, progress));
+            let layer = LayerJob { descriptor, diff_id, chain_id };
+            jobs.push(self.fetch_layer(job, layer));
         }
         stream::iter(jobs).buffered(PARALLEL_LAYERS).try_collect().await
     }
 
-    async fn fetch_layer(
-        &self,
-        reference: &Reference,
-        credentials: &Credentials,
-        descriptor: &Descriptor,
-        diff_id: &Digest,
-        chain_id: &Digest,
-        progress: &PullProgress,
-    ) -> Result<LayerInfo, ImageError> {
+    async fn fetch_layer(&self, job: Job<'_>, layer: LayerJob<'_>) -> Result<LayerInfo, ImageError> {
+        let (Job { reference, progress, lease, .. }, LayerJob { descriptor, diff_id, chain_id }) = (job, layer);
         let name = reference.to_string();
+        let digest = parse_digest(&name, descriptor.digest().as_ref())?;
+        // Held before looking: a failed pull must not remove them meanwhile.
+        lease.hold(Resource::Layer(chain_id.clone()));
+        lease.hold(Resource::Blob(digest.clone()));
         if let Some(info) = self.layers.info(chain_id).map_err(ImageError::Layers)? {
             progress.layers_done.fetch_add(1, Ordering::Relaxed);
             return Ok(info);
         }
         let compression = Compression::from_media_type(descriptor.media_type().as_ref())
             .map_err(|source| ImageError::Unpack { reference: name.clone(), source })?;
-        let digest = parse_digest(&name, descriptor.digest().as_ref())?;
-        let blob = self.fetch_blob(reference, credentials, &digest, descriptor.size(), progress).await?;
+        let blob = self.fetch_blob(job, &digest, descriptor.size()).await?;
 
         let layers = Arc::clone(&self.layers);
-        let (chain_id, diff_id, limits) = (chain_id.clone(), diff_id.clone(), self.config.unpack_limits.clone());
+        let (chain, diff_id) = (chain_id.clone(), diff_id.clone());
+        let limits = UnpackLimits { reserve: self.config.space_reserve, ..self.config.unpack_limits.clone() };
         progress.unpacking.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let unpacked = tokio::task::spawn_blocking(move || {
-            layers.add(&chain_id, &diff_id, |dir| {
+            layers.add(&chain, &diff_id, |dir| {
                 let file = std::fs::File::open(&blob).map_err(|e| format!("open blob {}: {e}", blob.display()))?;
                 let reader = std::io::BufReader::with_capacity(1 << 20, file);
-                let stats = unpack_layer(reader, compression, dir, &limits).map_err(|e| error_chain(&e))?;
-                Ok::<_, String>(Unpacked { diff_id: stats.diff_id, size: stats.bytes })
+                let stats = unpack_layer(reader, compression, dir, &limits)?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Unpacked {
+                    diff_id: stats.diff_id,
+                    size: stats.bytes,
+                })
             })
         })
         .await;
         progress.unpacking.fetch_sub(1, Ordering::Relaxed);
-        let info = unpacked
+        let (info, added) = unpacked
             .map_err(|e| ImageError::Task(e.to_string()))?
             .map_err(|source| ImageError::Layer { reference: name, source })?;
+        if added {
+            lease.added(Resource::Layer(chain_id.clone()));
+        }
         let secs = started.elapsed().as_secs_f64();
         tracing::debug!(layer = %info.chain_id, bytes = info.size, mb_per_s = info.size as f64 / 1e6 / secs.max(1e-6), "layer unpacked");
         progress.layers_done.fetch_add(1, Ordering::Relaxed);
         Ok(info)
     }
 
-    /// Downloads a blob into the content store (once, resuming a partial download).
-    async fn fetch_blob(
-        &self,
-        reference: &Reference,
-        credentials: &Credentials,
-        digest: &Digest,
-        size: u64,
-        progress: &PullProgress,
-    ) -> Result<std::path::PathBuf, ImageError> {
+    /// Downloads a blob into the content store (once, resuming a partial
+    /// download), held by `lease`.
+    async fn fetch_blob(&self, job: Job<'_>, digest: &Digest, size: u64) -> Result<std::path::PathBuf, ImageError> {
+        let Job { reference, credentials, progress, lease } = job;
+        lease.hold(Resource::Blob(digest.clone()));
         // The fetch future owns what it uses, so the pull future stays `Send`.
         let registry = self.registry.clone();
         let (owned_reference, owned_digest, owned_credentials) =
@@ -260,16 +283,37 @@ impl ImageStore {
                 }
             })
             .await
-            .map_err(|source| match source {
-                ContentError::Io { .. } | ContentError::NotFound(_) => ImageError::Storage(source),
-                _ => ImageError::Content { reference: reference.to_string(), source },
+            .map(|Ingested { path, created }| {
+                if created {
+                    lease.added(Resource::Blob(digest.clone()));
+                }
+                path
+            })
+            .map_err(|source| {
+                if matches!(source, ContentError::SizeMismatch { .. }) && self.content.contains(digest) {
+                    // The whole genuine blob arrived and was kept, but its
+                    // descriptor lied: it is this pull's to remove.
+                    lease.added(Resource::Blob(digest.clone()));
+                }
+                match source {
+                    ContentError::Io { .. } | ContentError::NotFound(_) => ImageError::Storage(source),
+                    _ => ImageError::Content { reference: reference.to_string(), source },
+                }
             })
     }
 
-    fn store_bytes(&self, name: &str, resolved: &Resolved) -> Result<(), ImageError> {
-        self.content
-            .write_bytes(&resolved.digest, &resolved.bytes)
-            .map_err(|source| ImageError::Content { reference: name.to_owned(), source })
+    /// Stores a manifest (hashing and fsync on a blocking thread), held by `lease`.
+    async fn store_bytes(&self, name: &str, resolved: &Resolved, lease: &Lease) -> Result<(), ImageError> {
+        lease.hold(Resource::Blob(resolved.digest.clone()));
+        let (content, digest, bytes) = (Arc::clone(&self.content), resolved.digest.clone(), resolved.bytes.clone());
+        let created = tokio::task::spawn_blocking(move || content.write_bytes(&digest, &bytes))
+            .await
+            .map_err(|e| ImageError::Task(e.to_string()))?
+            .map_err(|source| ImageError::Content { reference: name.to_owned(), source })?;
+        if created {
+            lease.added(Resource::Blob(resolved.digest.clone()));
+        }
+        Ok(())
     }
 
     /// Logs progress every `progress_interval`; returns the error that
@@ -310,6 +354,23 @@ impl ImageStore {
             }
         }
     }
+}
+
+/// What every step of one pull works for.
+#[derive(Debug, Clone, Copy)]
+struct Job<'a> {
+    reference: &'a Reference,
+    credentials: &'a Credentials,
+    progress: &'a PullProgress,
+    lease: &'a Lease,
+}
+
+/// One layer of the manifest, as `fetch_layer` needs it.
+#[derive(Debug, Clone, Copy)]
+struct LayerJob<'a> {
+    descriptor: &'a Descriptor,
+    diff_id: &'a Digest,
+    chain_id: &'a Digest,
 }
 
 fn parse_digest(reference: &str, text: &str) -> Result<Digest, ImageError> {

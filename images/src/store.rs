@@ -17,9 +17,12 @@ use std::time::Duration;
 use crate::content::{ContentError, ContentStore};
 use crate::digest::Digest;
 use crate::layers::{LayerError, LayerStore};
+use crate::lease::{Leases, Resource};
 use crate::pull::PullProgress;
+use crate::registry::manifest::MAX_CONFIG_SIZE;
 use crate::registry::{RegistryClient, RegistryConfig, RegistryError};
 use crate::snapshot::{SnapshotError, SnapshotStore};
+use crate::space::SpaceReserve;
 use crate::unpack::{UnpackError, UnpackLimits};
 
 /// How the store is set up.
@@ -37,8 +40,10 @@ pub struct ImageStoreConfig {
     pub progress_timeout: Duration,
     /// How often a running pull logs its progress.
     pub progress_interval: Duration,
-    /// Per-layer unpack limits.
+    /// Per-layer unpack limits (their `reserve` is replaced by `space_reserve`).
     pub unpack_limits: UnpackLimits,
+    /// Free space that downloads and unpacks leave on the image filesystem.
+    pub space_reserve: SpaceReserve,
 }
 
 /// What a pull produced.
@@ -106,6 +111,8 @@ pub enum ErrorKind {
     Unauthenticated,
     /// The registry could not be reached or stalled.
     Unavailable,
+    /// The image filesystem reached its free-space reserve.
+    ResourceExhausted,
     /// Anything else.
     Internal,
 }
@@ -157,6 +164,17 @@ pub enum ImageError {
         /// What is wrong.
         reason: String,
     },
+    /// The manifest declares a config larger than
+    /// [`MAX_CONFIG_SIZE`]; it is not downloaded.
+    #[error("pull {reference}: the image config has {size} bytes, more than the {limit} accepted")]
+    ConfigTooLarge {
+        /// The image.
+        reference: String,
+        /// The size the manifest declares.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The index has no manifest for this platform.
     #[error("pull {reference}: no manifest for platform {platform} in the image index")]
     NoPlatform {
@@ -192,13 +210,22 @@ impl ImageError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Registry { source, .. } => source.kind(),
+            Self::Content { source: ContentError::LowSpace { .. }, .. } => ErrorKind::ResourceExhausted,
+            Self::Layer { source: LayerError::Unpack { source, .. }, .. }
+                if matches!(source.downcast_ref::<UnpackError>(), Some(UnpackError::LowSpace(_))) =>
+            {
+                ErrorKind::ResourceExhausted
+            }
             Self::Content {
-                source: ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. }, ..
+                source:
+                    ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. } | ContentError::TooLarge { .. },
+                ..
             } => ErrorKind::InvalidArgument,
             Self::Content { source: ContentError::Fetch { .. }, .. } | Self::Stalled { .. } => ErrorKind::Unavailable,
             Self::Layer { source: LayerError::Unpack { .. } | LayerError::DiffIdMismatch { .. }, .. }
             | Self::Unpack { .. }
             | Self::Manifest { .. }
+            | Self::ConfigTooLarge { .. }
             | Self::NoPlatform { .. } => ErrorKind::InvalidArgument,
             _ => ErrorKind::Internal,
         }
@@ -209,8 +236,10 @@ impl ImageError {
 #[derive(Debug)]
 pub struct ImageStore {
     pub(crate) config: ImageStoreConfig,
-    pub(crate) content: ContentStore,
+    pub(crate) content: Arc<ContentStore>,
     pub(crate) layers: Arc<LayerStore>,
+    /// What pulls in progress hold and added.
+    pub(crate) leases: Arc<Leases>,
     pub(crate) snapshots: SnapshotStore,
     pub(crate) registry: RegistryClient,
     pub(crate) pulls: Mutex<HashMap<u64, Arc<PullProgress>>>,
@@ -223,15 +252,17 @@ pub struct ImageStore {
 impl ImageStore {
     /// Opens (creating) every part of the store.
     pub fn open(config: ImageStoreConfig) -> Result<Self, ImageError> {
-        let content = ContentStore::open(&config.root.join("content")).map_err(ImageError::Storage)?;
+        let content =
+            ContentStore::open_with(&config.root.join("content"), config.space_reserve).map_err(ImageError::Storage)?;
         let layers = LayerStore::open(&config.root.join("layers")).map_err(ImageError::Layers)?;
         let snapshots = SnapshotStore::open(&config.containers_root).map_err(ImageError::Snapshots)?;
         let registry =
             RegistryClient::new(RegistryConfig { hosts_dir: config.hosts_dir.clone(), ..RegistryConfig::default() });
         Ok(Self {
             config,
-            content,
+            content: Arc::new(content),
             layers: Arc::new(layers),
+            leases: Arc::default(),
             snapshots,
             registry,
             pulls: Mutex::new(HashMap::new()),
@@ -250,9 +281,9 @@ impl ImageStore {
         &self.config.containers_root
     }
 
-    /// The raw config JSON of an image.
+    /// The raw config JSON of an image (at most [`MAX_CONFIG_SIZE`] bytes). Blocking.
     pub fn config_json(&self, id: &Digest) -> Result<Vec<u8>, ImageError> {
-        self.content.read(id).map_err(ImageError::Storage)
+        self.content.read(id, MAX_CONFIG_SIZE).map_err(ImageError::Storage)
     }
 
     /// The overlay lowerdirs of a layer stack, bottom first.
@@ -265,7 +296,8 @@ impl ImageStore {
         &self.snapshots
     }
 
-    /// Deletes every blob and layer not in the keep sets.
+    /// Deletes every blob and layer not in the keep sets, except what a
+    /// pull in progress holds.
     pub fn collect_garbage(
         &self,
         keep_blobs: &HashSet<Digest>,
@@ -273,14 +305,18 @@ impl ImageStore {
     ) -> Result<GcStats, ImageError> {
         let mut stats = GcStats::default();
         for blob in self.content.list().map_err(ImageError::Storage)? {
-            if !keep_blobs.contains(&blob) {
+            let resource = Resource::Blob(blob.clone());
+            if !keep_blobs.contains(&blob) && !self.leases.is_held(&resource) {
                 self.content.delete(&blob).map_err(ImageError::Storage)?;
+                self.leases.forget(&resource);
                 stats.blobs_removed += 1;
             }
         }
         for layer in self.layers.list().map_err(ImageError::Layers)? {
-            if !keep_layers.contains(&layer.chain_id) {
+            let resource = Resource::Layer(layer.chain_id.clone());
+            if !keep_layers.contains(&layer.chain_id) && !self.leases.is_held(&resource) {
                 self.layers.remove(&layer.chain_id).map_err(ImageError::Layers)?;
+                self.leases.forget(&resource);
                 stats.layers_removed += 1;
             }
         }
@@ -387,6 +423,7 @@ mod usage_tests {
             progress_timeout: Duration::from_secs(60),
             progress_interval: Duration::from_secs(5),
             unpack_limits: UnpackLimits::default(),
+            space_reserve: SpaceReserve::default(),
         };
         let store = ImageStore::open(config).expect("store");
         let layers = dir.path().join("images/layers");

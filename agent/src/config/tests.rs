@@ -152,3 +152,16 @@ fn runtime_handlers_are_named_and_typed() {
     let relative = parse("[runtime.handlers.kvm-test]\ntype = \"kvm-test\"\nguest_agent = \"g\"\n").expect("parses");
     assert!(relative.validate().is_err(), "a relative guest agent path");
 }
+
+#[test]
+fn image_limits_default_to_what_a_node_holds_and_are_validated() {
+    let config = Config::default();
+    assert_eq!(config.images.max_layer_unpacked_bytes, 16 << 30);
+    assert_eq!(config.images.min_free_percent, 5);
+    let config = parse("[images]\nmin_free_percent = 25\nmax_layer_unpacked_bytes = 1048576\n").expect("parses");
+    config.validate().expect("valid");
+    assert_eq!((config.images.min_free_percent, config.images.max_layer_unpacked_bytes), (25, 1 << 20));
+    let err = parse("[images]\nmin_free_percent = 100\n").expect("parses").validate().expect_err("no room left");
+    assert!(err.to_string().contains("`images.min_free_percent`") && err.to_string().contains("0"), "{err}");
+    parse("[images]\nmin_free_percent = 300\n").expect_err("not a u8");
+}

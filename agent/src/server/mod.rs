@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use cri_api::v1::image_service_server::ImageServiceServer;
 use cri_api::v1::runtime_service_server::RuntimeServiceServer;
+use crius_images::space::SpaceReserve;
 use crius_images::store::{ImageError, ImageStore, ImageStoreConfig};
 use crius_images::unpack::UnpackLimits;
 use tokio::signal::unix::{SignalKind, signal};
@@ -157,6 +158,7 @@ pub fn image_store_config(config: &Config) -> ImageStoreConfig {
         progress_timeout: Duration::from_secs(config.images.pull_progress_timeout_secs),
         progress_interval: Duration::from_secs(5),
         unpack_limits: UnpackLimits { max_bytes: config.images.max_layer_unpacked_bytes, ..UnpackLimits::default() },
+        space_reserve: SpaceReserve { percent: config.images.min_free_percent },
     }
 }
 

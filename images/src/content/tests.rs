@@ -26,7 +26,8 @@ async fn ingest_verifies_and_stores_atomically() {
     let path = store
         .ingest(&digest, data.len() as u64, &progress, |offset| serve(data.clone(), offset, true))
         .await
-        .expect("ingest");
+        .expect("ingest")
+        .path;
     assert_eq!(fs::read(&path).expect("read"), data);
     assert!(store.contains(&digest));
     assert_eq!(store.list().expect("list"), vec![digest.clone()]);
@@ -137,12 +138,12 @@ fn write_bytes_checks_the_digest_and_delete_is_idempotent() {
     let store = ContentStore::open(dir.path()).expect("open");
     let digest = Digest::of(b"{}");
     store.write_bytes(&digest, b"{}").expect("write");
-    assert_eq!(store.read(&digest).expect("read"), b"{}");
+    assert_eq!(store.read(&digest, 1 << 20).expect("read"), b"{}");
     let err = store.write_bytes(&Digest::of(b"x"), b"y").expect_err("mismatch");
     assert!(matches!(err, ContentError::DigestMismatch { .. }));
     store.delete(&digest).expect("delete");
     store.delete(&digest).expect("delete again");
-    assert!(matches!(store.read(&digest), Err(ContentError::NotFound(_))));
+    assert!(matches!(store.read(&digest, 1 << 20), Err(ContentError::NotFound(_))));
 }
 
 #[tokio::test]
@@ -162,7 +163,8 @@ async fn a_size_lie_keeps_the_genuine_blob_for_honest_descriptors() {
             Err::<FetchedStream<Chunks>, _>("must not be fetched".to_owned())
         })
         .await
-        .expect("honest pull");
+        .expect("honest pull")
+        .path;
     assert_eq!(fs::read(path).expect("read"), data);
 }
 
@@ -184,7 +186,8 @@ async fn a_refused_resume_restarts_from_zero() {
             }
         })
         .await
-        .expect("restarted from zero");
+        .expect("restarted from zero")
+        .path;
     assert_eq!(fs::read(path).expect("read"), data);
 }
 
@@ -203,6 +206,49 @@ fn concurrent_write_bytes_of_one_blob_all_succeed() {
     for thread in threads {
         thread.join().expect("join").expect("every writer succeeds");
     }
-    assert_eq!(store.read(&digest).expect("read"), *data);
+    assert_eq!(store.read(&digest, 1 << 20).expect("read"), *data);
     assert_eq!(fs::read_dir(dir.path().join("ingest")).expect("ingest").count(), 0, "no temp files left");
+}
+
+#[tokio::test]
+async fn ingest_says_whether_it_stored_the_blob() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ContentStore::open(dir.path()).expect("open");
+    let data = b"blob".repeat(10);
+    let digest = Digest::of(&data);
+    let size = data.len() as u64;
+    let first = store.ingest(&digest, size, &Progress::default(), |o| serve(data.clone(), o, true)).await;
+    assert!(first.expect("first").created);
+    let second = store.ingest(&digest, size, &Progress::default(), |o| serve(data.clone(), o, true)).await;
+    assert!(!second.expect("second").created);
+    assert!(!store.write_bytes(&digest, &data).expect("present"), "already stored");
+}
+
+#[test]
+fn read_is_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ContentStore::open(dir.path()).expect("open");
+    let data = vec![b'x'; 4096];
+    let digest = Digest::of(&data);
+    assert!(store.write_bytes(&digest, &data).expect("write"), "stored");
+    assert_eq!(store.read(&digest, 4096).expect("at the limit"), data);
+    let err = store.read(&digest, 4095).expect_err("over the limit");
+    assert!(matches!(err, ContentError::TooLarge { size: 4096, limit: 4095, .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn downloads_stop_at_the_space_reserve_and_leave_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ContentStore::open_with(dir.path(), SpaceReserve { percent: 100 }).expect("open");
+    let data = b"does not fit".repeat(10);
+    let digest = Digest::of(&data);
+    let err = store
+        .ingest(&digest, data.len() as u64, &Progress::default(), |o| serve(data.clone(), o, true))
+        .await
+        .expect_err("no room");
+    assert!(matches!(err, ContentError::LowSpace { .. }), "{err:?}");
+    let err = store.write_bytes(&digest, &data).expect_err("no room");
+    assert!(matches!(err, ContentError::LowSpace { .. }), "{err:?}");
+    assert!(store.list().expect("list").is_empty());
+    assert_eq!(fs::read_dir(dir.path().join("ingest")).expect("ingest dir").count(), 0);
 }

@@ -93,6 +93,7 @@ fn store(dir: &std::path::Path, timeout: Duration) -> ImageStore {
         progress_timeout: timeout,
         progress_interval: Duration::from_millis(100),
         unpack_limits: UnpackLimits::default(),
+        space_reserve: crate::space::SpaceReserve::default(),
     })
     .expect("open store")
 }

@@ -303,6 +303,7 @@ impl RegistryClient {
         }
         let media_type = manifest::detect_media_type(content_type.as_deref(), &bytes);
         if manifest::check_supported(&media_type).is_err() {
+            let media_type = crate::shown::cut(&media_type);
             return Err(Failure::Fatal(RegistryError::Unsupported { reference: target.to_owned(), media_type }));
         }
         Ok(Resolved { bytes: Bytes::from(bytes), media_type, digest, endpoint: endpoint.url.clone() })
@@ -328,6 +329,7 @@ impl RegistryClient {
             StatusCode::PARTIAL_CONTENT if offset > 0 => {
                 let range = response.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or_default();
                 if !range.starts_with(&format!("bytes {offset}-")) {
+                    let range = crate::shown::cut(range);
                     return Err(Failure::Other(format!("asked for bytes from {offset}, got range {range:?}")));
                 }
                 true
@@ -504,12 +506,9 @@ fn error_detail(body: &[u8]) -> String {
         message: String,
     }
     if let Ok(parsed) = serde_json::from_slice::<Errors>(body) {
-        return parsed
-            .errors
-            .iter()
-            .map(|e| format!("{} {}", e.code, e.message).trim().to_owned())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let text =
+            parsed.errors.iter().map(|e| format!("{} {}", e.code, e.message).trim().to_owned()).collect::<Vec<_>>();
+        return crate::shown::cut(&text.join(", "));
     }
     String::from_utf8_lossy(body).chars().take(200).collect::<String>().trim().to_owned()
 }

@@ -92,20 +92,26 @@ pub fn check_supported(media_type: &str) -> Result<(), ManifestError> {
     if is_index(media_type) || is_image_manifest(media_type) {
         Ok(())
     } else {
-        Err(ManifestError::Unsupported { media_type: media_type.to_owned() })
+        Err(ManifestError::Unsupported { media_type: crate::shown::cut(media_type) })
     }
 }
 
 /// Parses `bytes` as `media_type`.
 pub fn parse_manifest(media_type: &str, bytes: &[u8]) -> Result<Manifest, ManifestError> {
     check_supported(media_type)?;
-    let parse_err = |source| ManifestError::Parse { media_type: media_type.to_owned(), source };
+    let parse_err = |source| ManifestError::Parse { media_type: crate::shown::cut(media_type), source };
     if is_index(media_type) {
         serde_json::from_slice(bytes).map(|index| Manifest::Index(Box::new(index))).map_err(parse_err)
     } else {
         serde_json::from_slice(bytes).map(|image| Manifest::Image(Box::new(image))).map_err(parse_err)
     }
 }
+
+/// Largest image config accepted, checked against the manifest's descriptor
+/// before the config is downloaded. The same as containers/image's
+/// `MaxConfigBodySize` (CRI-O, podman): real configs are kilobytes, the
+/// largest (long histories) a few hundred.
+pub const MAX_CONFIG_SIZE: u64 = 4 << 20;
 
 /// Parses an image configuration blob (OCI or docker; same JSON).
 pub fn parse_config(bytes: &[u8]) -> Result<ImageConfiguration, ManifestError> {

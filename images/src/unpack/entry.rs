@@ -152,7 +152,8 @@ impl Unpacker {
     pub(super) fn apply<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
         let kind = entry.header().entry_type();
         let raw = entry.path_bytes().into_owned();
-        let name = String::from_utf8_lossy(&raw).into_owned();
+        // Names are cut in errors and logs: a long name is up to MAX_EXTENSION bytes.
+        let name = crate::shown::lossy(&raw);
         if kind.is_pax_global_extensions() {
             tracing::debug!(entry = %name, "skipping a pax global header");
             return Ok(());
@@ -334,7 +335,7 @@ impl Unpacker {
     /// A hardlink shares its target's inode, so its own header metadata is
     /// not applied.
     fn hardlink(&self, path: &EntryPath, entry: &str, raw_target: &[u8]) -> Result<(), UnpackError> {
-        let shown = String::from_utf8_lossy(raw_target).into_owned();
+        let shown = crate::shown::lossy(raw_target);
         let invalid =
             |reason| UnpackError::InvalidLinkTarget { entry: entry.to_owned(), target: shown.clone(), reason };
         let target = EntryPath::parse(raw_target).map_err(invalid)?;
@@ -413,13 +414,13 @@ fn device(value: io::Result<Option<u32>>, entry: &str, field: &'static str) -> R
 fn set_xattrs(fd: BorrowedFd<'_>, meta: &Meta, entry: &str) -> Result<(), UnpackError> {
     for (name, value) in &meta.xattrs {
         if name.starts_with(OVERLAY_XATTR_PREFIX) {
-            tracing::debug!(entry, xattr = %String::from_utf8_lossy(name), "skipping an overlayfs xattr");
+            tracing::debug!(entry, xattr = %crate::shown::lossy(name), "skipping an overlayfs xattr");
             continue;
         }
         match rustix::fs::fsetxattr(fd, name.as_slice(), value, XattrFlags::empty()) {
             Ok(()) => {}
             Err(errno @ (Errno::NOTSUP | Errno::PERM)) => {
-                tracing::warn!(entry, xattr = %String::from_utf8_lossy(name), %errno, "cannot set an xattr");
+                tracing::warn!(entry, xattr = %crate::shown::lossy(name), %errno, "cannot set an xattr");
             }
             Err(errno) => return Err(io_error(entry, "set an xattr")(errno)),
         }

@@ -24,6 +24,7 @@
 //! conversion may set overlayfs metadata.
 
 mod entry;
+mod headers;
 mod path;
 mod resolve;
 mod whiteout;
@@ -31,7 +32,7 @@ mod whiteout;
 #[cfg(test)]
 mod tests;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -39,6 +40,9 @@ use std::rc::Rc;
 use rustix::fs::{Mode, OFlags};
 
 use crate::digest::{Digest, Hasher};
+use crate::space::{CHECK_EVERY, SpaceError, SpaceReserve};
+pub use headers::{Extension, MAX_EXTENSION};
+use headers::{Framing, HeaderBound};
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +73,7 @@ impl Compression {
             "application/vnd.oci.image.layer.v1.tar+zstd"
             | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
             | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Self::Zstd,
-            other => return Err(UnpackError::UnsupportedMediaType { media_type: other.to_owned() }),
+            other => return Err(UnpackError::UnsupportedMediaType { media_type: crate::shown::cut(other) }),
         };
         Ok(compression)
     }
@@ -82,11 +86,22 @@ pub struct UnpackLimits {
     pub max_bytes: u64,
     /// Most tar entries.
     pub max_entries: u64,
+    /// Free space the destination's filesystem keeps: unpacking stops
+    /// before it would fall under it.
+    pub reserve: SpaceReserve,
 }
+
+/// The default of [`UnpackLimits::max_bytes`]: 16 GiB. Larger than the
+/// layers of real images (the biggest common ones, CUDA and PyTorch
+/// runtimes, unpack to 5 to 10 GB), well under the free disk of a typical
+/// node (100 to 130 GB boot disks), so that one hostile layer cannot take
+/// the node's disk even before the space reserve stops it. Images that bake
+/// in larger files (model weights) need it raised.
+pub const DEFAULT_MAX_BYTES: u64 = 16 << 30;
 
 impl Default for UnpackLimits {
     fn default() -> Self {
-        Self { max_bytes: 64 << 30, max_entries: 10_000_000 }
+        Self { max_bytes: DEFAULT_MAX_BYTES, max_entries: 10_000_000, reserve: SpaceReserve::default() }
     }
 }
 
@@ -139,6 +154,20 @@ pub enum UnpackError {
         /// The limit.
         limit: u64,
     },
+    /// A GNU long-name, long-link or PAX header declares a body larger than
+    /// [`MAX_EXTENSION`]; the body is not read.
+    #[error("{kind} header of {size} bytes exceeds the limit of {limit} bytes")]
+    ExtensionTooLarge {
+        /// Which extension header.
+        kind: Extension,
+        /// The body size it declares.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The destination's filesystem reached its free-space reserve.
+    #[error("layer unpack stopped at the free-space reserve")]
+    LowSpace(#[source] SpaceError),
     /// The layer has more entries than [`UnpackLimits::max_entries`].
     #[error("layer exceeds the unpack limit of {limit} entries")]
     TooManyEntries {
@@ -250,18 +279,29 @@ fn unpack_stream<D: Read>(
     root: rustix::fd::OwnedFd,
     limits: &UnpackLimits,
 ) -> Result<UnpackStats, UnpackError> {
-    let exceeded = Rc::new(Cell::new(false));
+    let stops = Rc::new(Stops::default());
+    let space_fd =
+        root.try_clone().map_err(|source| UnpackError::OpenDest { path: PathBuf::from("<layer root>"), source })?;
     let reader = LimitedReader {
         inner: decompressed,
         hasher: Hasher::new(),
         max_bytes: limits.max_bytes,
-        exceeded: Rc::clone(&exceeded),
+        stops: Rc::clone(&stops),
+        space: SpaceCheck { fd: space_fd, reserve: limits.reserve, next_at: 0 },
     };
-    let mut archive = tar::Archive::new(reader);
-    let mut unpacker = entry::Unpacker::new(root, StreamErrors { exceeded, max_bytes: limits.max_bytes });
+    let framing = Rc::new(Framing::default());
+    let mut archive = tar::Archive::new(HeaderBound::new(reader, Rc::clone(&framing)));
+    let errors = StreamErrors { stops, max_bytes: limits.max_bytes, framing: Rc::clone(&framing) };
+    let mut unpacker = entry::Unpacker::new(root, errors);
     let mut entries = 0u64;
     for item in archive.entries().map_err(|e| unpacker.errors.stream(e))? {
         let mut item = item.map_err(|e| unpacker.errors.stream(e))?;
+        if framing.entry_header.get() != Some(item.raw_header_position()) {
+            let at = item.raw_header_position();
+            return Err(UnpackError::Stream(io::Error::other(format!(
+                "tar framing disagrees with the tar reader at byte {at}"
+            ))));
+        }
         entries += 1;
         if entries > limits.max_entries {
             return Err(UnpackError::TooManyEntries { limit: limits.max_entries });
@@ -271,20 +311,39 @@ fn unpack_stream<D: Read>(
     let mut reader = archive.into_inner();
     io::copy(&mut reader, &mut io::sink()).map_err(|e| unpacker.errors.stream(e))?;
     unpacker.finish()?;
+    let reader = reader.inner;
     let bytes = reader.hasher.len();
     Ok(UnpackStats { entries, bytes, diff_id: reader.hasher.finish() })
+}
+
+/// Why the stream reader stopped on purpose.
+#[derive(Debug, Default)]
+struct Stops {
+    /// The decompressed stream grew past `max_bytes`.
+    too_many_bytes: Cell<bool>,
+    /// The filesystem reached its reserve (the error is taken once).
+    space_hit: Cell<bool>,
+    low_space: RefCell<Option<SpaceError>>,
 }
 
 /// Maps stream read errors, telling a hit limit apart from a broken stream.
 #[derive(Debug, Clone)]
 struct StreamErrors {
-    exceeded: Rc<Cell<bool>>,
+    stops: Rc<Stops>,
     max_bytes: u64,
+    framing: Rc<Framing>,
 }
 
 impl StreamErrors {
     fn limit_hit(&self) -> Option<UnpackError> {
-        self.exceeded.get().then_some(UnpackError::TooManyBytes { limit: self.max_bytes })
+        if self.stops.too_many_bytes.get() {
+            return Some(UnpackError::TooManyBytes { limit: self.max_bytes });
+        }
+        if let Some(space) = self.stops.low_space.borrow_mut().take() {
+            return Some(UnpackError::LowSpace(space));
+        }
+        let (kind, size) = self.framing.refused.get()?;
+        Some(UnpackError::ExtensionTooLarge { kind, size, limit: MAX_EXTENSION })
     }
 
     fn stream(&self, source: io::Error) -> UnpackError {
@@ -297,26 +356,55 @@ impl StreamErrors {
 }
 
 /// Hashes and counts the decompressed stream, failing once it grows past
-/// the limit (so a decompression bomb stops early).
+/// the limit (so a decompression bomb stops early) or the filesystem
+/// reaches its reserve.
 struct LimitedReader<R> {
     inner: R,
     hasher: Hasher,
     max_bytes: u64,
-    exceeded: Rc<Cell<bool>>,
+    stops: Rc<Stops>,
+    space: SpaceCheck,
+}
+
+/// Reads the free space every [`CHECK_EVERY`] bytes.
+struct SpaceCheck {
+    fd: rustix::fd::OwnedFd,
+    reserve: SpaceReserve,
+    /// Stream length at which to read it next.
+    next_at: u64,
+}
+
+impl<R: Read> LimitedReader<R> {
+    fn stopped(&self) -> io::Error {
+        if self.stops.too_many_bytes.get() {
+            io::Error::other(format!("layer exceeds the unpack limit of {} bytes", self.max_bytes))
+        } else {
+            io::Error::other("the image filesystem reached its free-space reserve")
+        }
+    }
 }
 
 impl<R: Read> Read for LimitedReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.exceeded.get() {
-            return Err(io::Error::other(format!("layer exceeds the unpack limit of {} bytes", self.max_bytes)));
+        if self.stops.too_many_bytes.get() || self.stops.space_hit.get() {
+            return Err(self.stopped());
+        }
+        if self.hasher.len() >= self.space.next_at {
+            // What is read next is written next: it must fit above the reserve.
+            if let Err(e) = self.space.reserve.check_fd(&self.space.fd, CHECK_EVERY) {
+                self.stops.space_hit.set(true);
+                *self.stops.low_space.borrow_mut() = Some(e);
+                return Err(self.stopped());
+            }
+            self.space.next_at = self.hasher.len().saturating_add(CHECK_EVERY);
         }
         // Ask for at most one byte past the limit: enough to notice it.
         let room = self.max_bytes.saturating_sub(self.hasher.len()).saturating_add(1);
         let want = usize::try_from(room).unwrap_or(usize::MAX).min(buf.len());
         let n = self.inner.read(&mut buf[..want])?;
         if self.hasher.len().saturating_add(n as u64) > self.max_bytes {
-            self.exceeded.set(true);
-            return Err(io::Error::other(format!("layer exceeds the unpack limit of {} bytes", self.max_bytes)));
+            self.stops.too_many_bytes.set(true);
+            return Err(self.stopped());
         }
         self.hasher.update(&buf[..n]);
         Ok(n)

@@ -5,6 +5,7 @@ use std::io::{Seek, Write};
 use tar::{EntryType, Header};
 
 use super::{Compression, Layer, unpack};
+use crate::space::{SpaceError, SpaceReserve};
 use crate::unpack::{UnpackError, UnpackLimits, unpack_layer};
 
 const MIB: u64 = 1 << 20;
@@ -50,6 +51,22 @@ fn unpack_stops_decompression_bombs() {
         let written = std::fs::metadata(tmp.path().join("zeros")).expect("partial file").len();
         assert!(written <= 64 * MIB, "{compression:?}: stopped early, wrote {written}");
     }
+}
+
+#[test]
+fn unpack_stops_at_the_free_space_reserve() {
+    let mut layer = Layer::new();
+    layer.file("a", b"data");
+    let tar = layer.finish();
+    let reserve = |percent| UnpackLimits { reserve: SpaceReserve { percent }, ..UnpackLimits::default() };
+    // No filesystem has 100% free: refused before the first entry.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let err = unpack_layer(tar.as_slice(), Compression::None, tmp.path(), &reserve(100)).expect_err("no room");
+    assert!(matches!(err, UnpackError::LowSpace(SpaceError::Bytes { percent: 100, .. })), "{err:?}");
+    assert!(err.to_string().contains("free-space reserve"), "{err}");
+    assert_eq!(std::fs::read_dir(tmp.path()).expect("dest").count(), 0, "nothing written");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    unpack_layer(tar.as_slice(), Compression::None, tmp.path(), &reserve(0)).expect("no reserve");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! are crafted by writing raw header bytes.
 
 mod happy;
+mod headers;
 mod hostile;
 mod limits;
 
