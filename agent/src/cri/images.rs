@@ -21,14 +21,25 @@ use crate::image_index::{self, PulledImage};
 use crate::store::ImageRecord;
 
 /// Pulls an image (unless every blob is present already) and records its name.
-pub async fn pull_image(state: &AgentState, request: PullImageRequest) -> Result<PullImageResponse, AgentError> {
+pub async fn pull_image(
+    state: std::sync::Arc<AgentState>,
+    request: PullImageRequest,
+) -> Result<PullImageResponse, AgentError> {
     let spec = request.image.unwrap_or_default();
     let reference = parse_reference("image.image", &spec.image)?;
     let credentials = credentials(request.auth.as_ref())?;
     let _no_gc = state.image_gc.read().await;
     let pulled = state.images.pull(&reference, credentials).await?;
     let pinned = state.config.images.pinned_images.iter().any(|p| p.parse::<Reference>().is_ok_and(|p| p == reference));
-    let record = image_index::record_pull(&state.store, &reference, &pulled_image(&pulled), pinned)?;
+    // The record's commit syncs the store: on a blocking thread.
+    let pulled = pulled_image(&pulled);
+    let recorded = std::sync::Arc::clone(&state);
+    let reference_for_record = reference.clone();
+    let record = tokio::task::spawn_blocking(move || {
+        image_index::record_pull(&recorded.store, &reference_for_record, &pulled, pinned)
+    })
+    .await
+    .map_err(|e| AgentError::Runtime(format!("record the pull: {e}")))??;
     tracing::info!(image = %reference, id = %record.id, size = record.size, "image pulled");
     Ok(PullImageResponse { image_ref: record.id })
 }

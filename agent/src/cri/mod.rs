@@ -390,7 +390,7 @@ impl ImageService for CriService {
         let span = tracing::Span::current();
         // The pull runs to completion even if kubelet gives up waiting: its
         // retry then finds the blobs in place.
-        let pull = tokio::spawn(async move { images::pull_image(&state, request).await }.instrument(span));
+        let pull = tokio::spawn(async move { images::pull_image(state, request).await }.instrument(span));
         match pull.await {
             Ok(result) => result.map(Response::new).map_err(Status::from),
             Err(e) => Err(Status::internal(format!("pull task failed: {e}"))),
