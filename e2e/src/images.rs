@@ -40,6 +40,16 @@ impl ImageEnv {
         Self::with_registry(registry, &[]).await.map(Some)
     }
 
+    /// A crius started with the test config plus `config` (TOML) next to
+    /// `registry`.
+    pub async fn with_config(registry: TestRegistry, config: &str) -> Result<Self> {
+        let dirs = CriusDirs::new()?;
+        std::fs::write(&dirs.config, format!("{}{config}", crate::TEST_CONFIG)).context("write test config")?;
+        let crius = Crius::start(&dirs, &[]).await?;
+        let client = crius.images().await?;
+        Ok(Self { registry, dirs, crius, client })
+    }
+
     /// A crius started with `extra` flags next to `registry`.
     pub async fn with_registry(registry: TestRegistry, extra: &[&str]) -> Result<Self> {
         let dirs = CriusDirs::new()?;
@@ -200,11 +210,17 @@ const BUSYBOX: &str = "/bin/busybox";
 /// applets run inside the shell) and a crius that pulled it; `None` (after a
 /// skip) without root, busybox or the registry.
 pub async fn busybox_env(test: &str) -> Result<Option<(ImageEnv, String)>> {
+    busybox_env_with(test, "").await
+}
+
+/// [`busybox_env`] with `config` (TOML) added to the test config.
+pub async fn busybox_env_with(test: &str, config: &str) -> Result<Option<(ImageEnv, String)>> {
     if !testkit::require_root(test) || !testkit::require_tool(test, BUSYBOX, "busybox-static") {
         return Ok(None);
     }
     let busybox = std::fs::read(BUSYBOX).with_context(|| format!("read {BUSYBOX}"))?;
-    let Some(env) = ImageEnv::start(test).await? else { return Ok(None) };
+    let Some(registry) = TestRegistry::start(test) else { return Ok(None) };
+    let env = ImageEnv::with_config(registry, config).await?;
     let tar = crate::registry::layer_tar(&[
         ("bin/sh", &busybox, 0o755),
         ("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n", 0o644),

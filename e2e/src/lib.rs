@@ -17,6 +17,7 @@ pub mod hostile;
 pub mod images;
 pub mod pod_net;
 pub mod registry;
+pub mod ws;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -12,15 +12,13 @@ use cri_api::v1::{
     PortForwardRequest, RunPodSandboxRequest, StartContainerRequest,
 };
 use crius_e2e::images::{ImageEnv, busybox_env};
-use crius_e2e::{count_processes, pod_config};
+use crius_e2e::{count_processes, pod_config, ws};
 use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tonic::transport::Channel;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A pod with one running container: `sh -c script`, with stdin when asked.
 async fn running(
@@ -51,36 +49,6 @@ async fn running(
     Ok((rt, pod, id))
 }
 
-async fn connect(url: &str, protocol: &str) -> anyhow::Result<Ws> {
-    let mut request = url.replace("http://", "ws://").into_client_request()?;
-    request.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse()?);
-    let (ws, response) = tokio_tungstenite::connect_async(request).await?;
-    assert_eq!(
-        response.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap_or_default()),
-        Some(protocol)
-    );
-    Ok(ws)
-}
-
-/// Reads messages until the server closes: bytes per channel.
-async fn collect(ws: &mut Ws) -> std::collections::BTreeMap<u8, Vec<u8>> {
-    let mut channels = std::collections::BTreeMap::new();
-    let deadline = tokio::time::sleep(Duration::from_secs(30));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            message = ws.next() => match message {
-                Some(Ok(Message::Binary(data))) if !data.is_empty() => {
-                    channels.entry(data[0]).or_insert_with(Vec::new).extend_from_slice(&data[1..]);
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return channels,
-                _ => {}
-            },
-            () = &mut deadline => panic!("the session did not end"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn websocket_exec_with_stdin_reports_the_exit_code_and_urls_are_single_use() -> anyhow::Result<()> {
     let Some((env, image)) =
@@ -98,10 +66,10 @@ async fn websocket_exec_with_stdin_reports_the_exit_code_and_urls_are_single_use
         tty: false,
     };
     let url = rt.exec(exec.clone()).await?.into_inner().url;
-    let mut ws = connect(&url, "v5.channel.k8s.io").await?;
+    let mut ws = ws::connect(&url, "v5.channel.k8s.io").await?;
     ws.send(Message::binary(b"\0hello\n".to_vec())).await?;
     ws.send(Message::binary(vec![255, 0])).await?; // v5: stdin closed
-    let channels = collect(&mut ws).await;
+    let channels = ws::collect(&mut ws).await?;
     assert_eq!(String::from_utf8_lossy(&channels[&1]), "got:hello\n");
     assert_eq!(String::from_utf8_lossy(&channels[&2]), "oops\n");
     let status: serde_json::Value = serde_json::from_slice(&channels[&3])?;
@@ -123,7 +91,7 @@ async fn websocket_exec_with_stdin_reports_the_exit_code_and_urls_are_single_use
         ..exec
     };
     let url = rt.exec(exec).await?.into_inner().url;
-    let ws = connect(&url, "v4.channel.k8s.io").await?;
+    let ws = ws::connect(&url, "v4.channel.k8s.io").await?;
     let started = Instant::now();
     while count_processes(|cmd| cmd.contains("sleep") && cmd.contains("4242")) == 0 {
         assert!(started.elapsed() < Duration::from_secs(10), "the exec never started:\n{}", env.crius.log_text());
@@ -145,11 +113,11 @@ async fn websocket_attach_reaches_the_container_stdin_and_output() -> anyhow::Re
     let (mut rt, _pod, id) = running(&env, &image, "while read line; do echo echo:$line; done", true).await?;
     let request = AttachRequest { container_id: id, stdin: true, stdout: true, stderr: true, tty: false };
     let url = rt.attach(request).await?.into_inner().url;
-    let mut ws = connect(&url, "v5.channel.k8s.io").await?;
+    let mut ws = ws::connect(&url, "v5.channel.k8s.io").await?;
     ws.send(Message::binary(b"\0one\n".to_vec())).await?;
     ws.send(Message::binary(b"\0two\n".to_vec())).await?;
     ws.send(Message::binary(vec![255, 0])).await?; // stdin_once: the container ends
-    let channels = collect(&mut ws).await;
+    let channels = ws::collect(&mut ws).await?;
     assert_eq!(String::from_utf8_lossy(&channels[&1]), "echo:one\necho:two\n");
     Ok(())
 }
@@ -188,7 +156,7 @@ async fn websocket_port_forward_carries_data_intact_in_parallel() -> anyhow::Res
             .into_inner()
             .url;
         sessions.push(tokio::spawn(async move {
-            let mut ws = connect(&format!("{url}?port=7777"), "portforward.k8s.io").await?;
+            let mut ws = ws::connect(&format!("{url}?port=7777"), "portforward.k8s.io").await?;
             let mut hasher = Sha256::new();
             let (mut total, mut openings) = (0usize, 0);
             while total < 8 << 20 {
@@ -230,12 +198,12 @@ async fn websocket_exec_with_a_terminal_gets_a_container_tty_and_its_size() -> a
         tty: true,
     };
     let url = rt.exec(exec).await?.into_inner().url;
-    let mut ws = connect(&url, "v5.channel.k8s.io").await?;
+    let mut ws = ws::connect(&url, "v5.channel.k8s.io").await?;
     let mut resize = vec![4u8];
     resize.extend_from_slice(br#"{"Width":100,"Height":30}"#);
     ws.send(Message::binary(resize)).await?;
     ws.send(Message::binary(b"\0go\n".to_vec())).await?;
-    let channels = collect(&mut ws).await;
+    let channels = ws::collect(&mut ws).await?;
     let out = String::from_utf8_lossy(&channels[&1]).replace('\r', "");
     // The terminal is the container's own (its name resolves inside), sized as asked.
     assert!(out.contains("/dev/pts/") && out.contains("30 100") && out.contains("TERM=xterm"), "{out}");
