@@ -64,7 +64,7 @@ impl Agent {
         assert!(wait_until(|| fs::read_link(&ns_path).is_ok_and(|ns| ns != own)), "no scratch netns");
         let (socket, state) = (dir.join("guest.sock"), dir.join("state"));
         let log = fs::File::create(dir.join("guest.log")).expect("log file");
-        let status = Command::new(env!("CARGO_BIN_EXE_crius-guest"))
+        let status = Command::new(guest_binary())
             .arg("kvm-test")
             .arg("--listen")
             .arg(&socket)
@@ -211,6 +211,12 @@ impl Drop for Agent {
             }
         }
     }
+}
+
+/// The agent binary: this package's, or the one `CRIUS_GUEST_BIN` names
+/// (the static musl build, say).
+pub fn guest_binary() -> PathBuf {
+    std::env::var_os("CRIUS_GUEST_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_crius-guest")), PathBuf::from)
 }
 
 /// Polls `cond` every 10 ms until it holds or [`TIMEOUT`] passes.
