@@ -18,6 +18,7 @@ mod conn;
 mod crilog;
 mod guest;
 mod logging;
+mod netconf;
 mod server;
 #[allow(unsafe_code)]
 mod sys;

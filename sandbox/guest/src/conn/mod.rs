@@ -195,8 +195,10 @@ where
         }
     };
     drop(tx);
-    if tokio::time::timeout(FLUSH_TIMEOUT, writer).await.is_err() {
+    let mut writer = writer;
+    if tokio::time::timeout(FLUSH_TIMEOUT, &mut writer).await.is_err() {
         tracing::warn!("the host did not read the last frames");
+        writer.abort();
     }
     tracing::info!(?ended, streams = conn.table.len(), "host connection ended");
     ended

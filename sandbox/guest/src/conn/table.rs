@@ -219,7 +219,10 @@ impl Table {
             .filter(|e| e.bound)
             .ok_or_else(|| ErrorReply::new(ErrorCode::NotFound, format!("no exec or attach on stream {id}")))?;
         let resize = entry.resize.as_ref().ok_or_else(|| {
-            ErrorReply::new(ErrorCode::InvalidArgument, format!("the process on stream {id} has no terminal, or has ended"))
+            ErrorReply::new(
+                ErrorCode::InvalidArgument,
+                format!("the process on stream {id} has no terminal, or has ended"),
+            )
         })?;
         resize(cols, rows);
         Ok(())

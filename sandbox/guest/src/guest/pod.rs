@@ -10,6 +10,7 @@ use crius_sandbox::backend::{ContainerRuntime, DnsSpec, PodNamespaces, PodReques
 use guest_proto::message::{ErrorCode, ErrorReply, GuestReply, HostsEntry, PodSetup, Reply};
 
 use super::{Guest, PodState, backend_error, blocking, invalid, lock};
+use crate::netconf::NetError;
 
 /// The id of the guest's pod (its directory under the run root).
 const POD_ID: &str = "guest";
@@ -27,12 +28,8 @@ impl Guest {
                 Err(ErrorReply::new(ErrorCode::AlreadyExists, "the pod is already set up, with other settings"))
             };
         }
-        if !setup.interfaces.is_empty() {
-            let why = if self.kvm_test {
-                "kvm-test runs in the pod's network namespace, which the host configures: send no interfaces"
-            } else {
-                "configuring network interfaces in the VM is not implemented yet"
-            };
+        if self.kvm_test && !setup.interfaces.is_empty() {
+            let why = "kvm-test runs in the pod's network namespace, which the host configures: send no interfaces";
             return Err(ErrorReply::new(ErrorCode::Unsupported, why));
         }
         check_hosts(&setup.hosts_entries)?;
@@ -51,6 +48,10 @@ impl Guest {
         if !setup.hostname.is_empty() {
             nix::unistd::sethostname(&setup.hostname).map_err(|e| failed("set the hostname", &e))?;
         }
+        crate::netconf::configure(&setup.interfaces).map_err(|e| match e {
+            NetError::Invalid(_) | NetError::NoSuchMac(_) => invalid(e.to_string()),
+            e => failed("configure the network", &crius_sandbox::error_report(&e)),
+        })?;
         write_sysctls(&setup.sysctls).map_err(|e| failed("write sysctls", &e))?;
         let request = PodRequest {
             id: POD_ID.to_owned(),
