@@ -11,7 +11,7 @@
 //!                 └─► crius-guest serve --vsock 1024
 //! ```
 //!
-//! PID 1 only reaps and forwards SIGTERM/SIGINT/SIGHUP to the server, so
+//! PID 1 only reaps, and passes SIGTERM and SIGINT on to the server, so
 //! that the server (which waits for its own children: monitors, exec
 //! helpers) never has an orphan's exit stolen from it. When the server
 //! exits, kvm-test's PID 1 exits with its code (the kernel then kills what
@@ -237,15 +237,16 @@ fn vm_mount(m: &VmMount) -> Result<(), BootError> {
 }
 
 /// Runs `crius-guest <args>` as the server and reaps every child until it
-/// exits; forwards SIGTERM, SIGINT and SIGHUP to it. Its exit code (128 +
-/// signal when killed).
+/// exits; SIGTERM and SIGINT become a SIGTERM to the server (which then
+/// stops every container and exits), SIGHUP is ignored. Its exit code (128
+/// + signal when killed).
 fn supervise(args: &[OsString]) -> Result<i32, BootError> {
     let mut signals = SigSet::empty();
     for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         signals.add(s);
     }
-    // Blocked before the server exists, so that no SIGCHLD is missed; the
-    // server starts with an empty mask (std resets it for its children).
+    // Blocked before the server exists, so that no SIGCHLD is missed. The
+    // server inherits the mask and clears it first thing.
     signals.thread_block().map_err(sys("block signals"))?;
     let server =
         Command::new("/proc/self/exe").args(args).stdin(Stdio::null()).spawn().map_err(io_err("start the server"))?;
@@ -257,8 +258,10 @@ fn supervise(args: &[OsString]) -> Result<i32, BootError> {
                     return Ok(code);
                 }
             }
-            other => {
-                let _ = kill(server, other);
+            // A lost session or terminal is no reason to stop the pod.
+            Signal::SIGHUP => {}
+            _ => {
+                let _ = kill(server, Signal::SIGTERM);
             }
         }
     }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use nix::sys::signal::SigSet;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
@@ -99,6 +100,12 @@ fn bind_unix(path: &Path) -> io::Result<tokio::net::UnixListener> {
 
 /// Runs the server until Shutdown or SIGTERM.
 pub fn serve(args: &ServeArgs) -> ExitCode {
+    // PID 1 starts the server with its own signals blocked (std keeps the
+    // mask for children): SIGTERM and SIGCHLD must reach this process.
+    if let Err(e) = SigSet::empty().thread_set_mask() {
+        tracing::error!(error = %e, "unblock signals");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return failed(&ServeError::Runtime(e)),
