@@ -149,18 +149,7 @@ where
     let writer = tokio::spawn(write_loop(writer, rx));
     let (cmds, mut cmd_rx) = mpsc::channel(CMD_QUEUE);
     let mut changes = guest.subscribe_changes();
-    let mut conn = Connection {
-        session: Session::new(Side::Guest, SessionConfig::new(concat!("crius-guest ", env!("CARGO_PKG_VERSION")))),
-        guest,
-        decoder: Decoder::new(),
-        table: Table::default(),
-        subs: Subscriptions::default(),
-        cmds,
-        handlers: Arc::new(Semaphore::new(MAX_HANDLERS)),
-        backlog: None,
-        txbuf: BytesMut::new(),
-        closing: None,
-    };
+    let mut conn = Connection::new(guest, cmds);
     let mut rbuf = BytesMut::with_capacity(64 << 10);
     let ended = loop {
         conn.fill_tx();
@@ -214,6 +203,21 @@ async fn write_loop<W: AsyncWrite>(mut writer: tokio::io::WriteHalf<W>, mut rx: 
 }
 
 impl Connection {
+    fn new(guest: Arc<Guest>, cmds: mpsc::Sender<Cmd>) -> Self {
+        Self {
+            session: Session::new(Side::Guest, SessionConfig::new(concat!("crius-guest ", env!("CARGO_PKG_VERSION")))),
+            guest,
+            decoder: Decoder::new(),
+            table: Table::default(),
+            subs: Subscriptions::default(),
+            cmds,
+            handlers: Arc::new(Semaphore::new(MAX_HANDLERS)),
+            backlog: None,
+            txbuf: BytesMut::new(),
+            closing: None,
+        }
+    }
+
     /// Moves queued frames into the buffer the writer gets next.
     fn fill_tx(&mut self) {
         if self.txbuf.len() < TX_CHUNK
