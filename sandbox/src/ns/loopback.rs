@@ -13,7 +13,7 @@ pub fn set_loopback_up() -> std::io::Result<()> {
     // SAFETY: `fd` is an open socket owned by this function; `request` is a
     // properly initialised `ifreq` that lives across both calls, and
     // SIOCGIFFLAGS / SIOCSIFFLAGS only read and write its `ifr_flags` field.
-    let got = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) };
+    let got = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut request) };
     if got < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -21,7 +21,7 @@ pub fn set_loopback_up() -> std::io::Result<()> {
     let flags = unsafe { request.ifr_ifru.ifru_flags };
     request.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
     // SAFETY: as above; the kernel reads `ifr_name` and `ifr_flags`.
-    let set = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &request) };
+    let set = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS as _, &request) };
     if set < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -8,8 +8,9 @@ pub mod backend;
 pub mod container;
 pub mod exec;
 pub mod init;
+pub mod internal;
 #[allow(unsafe_code)]
-mod loopback;
+pub mod loopback;
 pub mod monitor;
 pub mod pod;
 pub mod spec;
