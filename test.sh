@@ -12,8 +12,8 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
-echo "== build crius (the e2e tests run this binary)"
-cargo build --locked -p crius
+echo "== build crius and its guest agent (the e2e tests run these binaries)"
+cargo build --locked -p crius -p crius-guest
 log=$(mktemp)
 skips=$(mktemp)
 trap 'rm -f "$log" "$skips"' EXIT

@@ -19,7 +19,6 @@ use std::io::{Read, Write};
 use tokio_tungstenite::tungstenite::Message;
 use tonic::transport::Channel;
 
-
 /// A pod with one running container: `sh -c script`, with stdin when asked.
 async fn running(
     env: &ImageEnv,

@@ -352,7 +352,8 @@ impl StreamRuntime for KvmBackend {
         Box::pin(async move {
             let container = container_of(handle)?;
             let options = request.options;
-            let env_extra = if options.tty { vec!["TERM=xterm".to_owned()] } else { Vec::new() };
+            // The guest's exec sets TERM for a terminal itself, as on the node.
+            let env_extra = Vec::new();
             let io = self.open_session(&container.pod, options).await?;
             let exec = ExecRequest {
                 id: container.id.clone(),

@@ -83,24 +83,27 @@ fn guest_pid(pod: &VmPod) -> Option<i32> {
     fs::read_to_string(pod.state_dir.join("guest.pid")).ok()?.trim().parse().ok()
 }
 
-/// Whether the pod's guest agent runs (its pid is still a guest agent:
+/// Whether the pod's guest agent runs (its pid is still this pod's agent:
 /// pids are reused).
 pub(super) fn guest_alive(pod: &VmPod) -> bool {
-    guest_pid(pod).is_some_and(is_guest)
+    guest_pid(pod).is_some_and(|pid| is_guest(pod, pid))
 }
 
-fn is_guest(pid: i32) -> bool {
+/// Whether `pid` is the agent of `pod`: its command line names the pod's
+/// state directory (the agent re-executes itself, so its name is not there).
+fn is_guest(pod: &VmPod, pid: i32) -> bool {
+    let state = pod.state_dir.display().to_string();
     fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("crius-guest"))
+        .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == state.as_bytes()))
 }
 
 /// Kills the pod's guest agent (and with it its PID namespace) and waits
 /// until it is gone; a guest that is gone already is fine.
 pub(super) fn stop_guest(pod: &VmPod) -> Result<(), BackendError> {
-    let Some(pid) = guest_pid(pod).filter(|pid| is_guest(*pid)) else { return Ok(()) };
+    let Some(pid) = guest_pid(pod).filter(|pid| is_guest(pod, *pid)) else { return Ok(()) };
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     let deadline = Instant::now() + STOP_TIMEOUT;
-    while is_guest(pid) {
+    while is_guest(pod, pid) {
         if Instant::now() >= deadline {
             return Err(BackendError::BadState(format!("guest agent {pid} did not exit after SIGKILL")));
         }

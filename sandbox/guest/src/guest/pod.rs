@@ -69,7 +69,9 @@ impl Guest {
         let handle = self.backend.plan_pod(&request).map_err(|e| backend_error(&e))?;
         self.backend.run_pod(&handle, &request, &mut |_| Ok(())).map_err(|e| backend_error(&e))?;
         if !setup.hosts_entries.is_empty() {
-            let crius_sandbox::backend::PodHandle::Namespaces(pod) = &handle;
+            let crius_sandbox::backend::PodHandle::Namespaces(pod) = &handle else {
+                return Err(failed("plan the pod", &std::io::Error::other("not a namespace pod")));
+            };
             if let Err(e) = append_hosts(&pod.paths.hosts, &setup.hosts_entries) {
                 let _ = self.backend.remove_pod(&handle);
                 return Err(failed("write the hosts file", &e));
