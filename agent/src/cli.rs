@@ -50,56 +50,6 @@ pub enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 0)]
         wait: u64,
     },
-    /// Processes crius starts itself (namespace helpers, container monitor and init).
-    #[command(hide = true, subcommand)]
-    Internal(Internal),
-}
-
-/// `crius internal …`: re-executions of crius that run pods and containers.
-#[derive(Debug, Subcommand)]
-pub enum Internal {
-    /// Create namespaces and pin them onto `<dir>/{net,ipc,uts}`.
-    PinNs {
-        /// Directory for the namespace files.
-        dir: PathBuf,
-        /// A new network namespace.
-        #[arg(long)]
-        net: bool,
-        /// A new IPC namespace.
-        #[arg(long)]
-        ipc: bool,
-        /// A new UTS namespace.
-        #[arg(long)]
-        uts: bool,
-        /// A new PID namespace with a pod init as its PID 1.
-        #[arg(long)]
-        pid: bool,
-        /// Hostname to set in the new UTS namespace.
-        #[arg(long)]
-        hostname: Option<String>,
-        /// `KEY=VALUE` sysctls to write in the new namespaces.
-        #[arg(long = "sysctl", value_name = "KEY=VALUE")]
-        sysctls: Vec<String>,
-    },
-    /// PID 1 of a pod's shared PID namespace: reaps orphans.
-    PodInit,
-    /// Watch a container: start its init, copy its output to the CRI log, record its exit.
-    Monitor {
-        /// The container's bundle directory.
-        bundle: PathBuf,
-    },
-    /// Set up a container's namespaces, rootfs and security, wait for start, exec.
-    Init {
-        /// The container's bundle directory.
-        bundle: PathBuf,
-    },
-    /// Run a command inside a running container (ExecSync, Exec).
-    Exec {
-        /// The container's bundle directory.
-        bundle: PathBuf,
-        /// JSON file with the command (`crius_sandbox::ns::exec::ExecRequest`).
-        request: PathBuf,
-    },
 }
 
 impl Cli {

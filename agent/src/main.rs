@@ -5,15 +5,17 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crius::cli::{Cli, Command, Internal};
+use crius::cli::{Cli, Command};
 use crius::{config, error, logging, server};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // Internal processes run before any config, logging or threads.
-    if let Some(Command::Internal(internal)) = &cli.command {
-        return run_internal(internal);
+    // `crius internal …`: processes crius starts itself (namespace helpers,
+    // container monitor, init, exec), before any config, logging or thread.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "internal") {
+        return crius_sandbox::ns::internal::run("crius", &args[2..]);
     }
+    let cli = Cli::parse();
     let config = match cli.effective_config() {
         Ok(config) => config,
         Err(e) => {
@@ -27,7 +29,6 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Health { wait } => health(&config.socket, std::time::Duration::from_secs(wait)),
-        Command::Internal(_) => ExitCode::FAILURE,
         Command::Serve => {
             logging::init(config.log.level, config.log.format);
             match run(config) {
@@ -68,46 +69,3 @@ fn health(socket: &std::path::Path, wait: std::time::Duration) -> ExitCode {
     }
 }
 
-fn run_internal(internal: &Internal) -> ExitCode {
-    use crius_sandbox::ns::pod::{PodNamespaces, pin_namespaces};
-    let result = match internal {
-        Internal::PodInit => crius_sandbox::ns::pod::pod_init().map_err(|e| e.to_string()),
-        Internal::PinNs { dir, net, ipc, uts, pid, hostname, sysctls } => {
-            let sysctls = sysctls
-                .iter()
-                .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-                .collect::<Option<std::collections::BTreeMap<_, _>>>();
-            match sysctls {
-                Some(sysctls) => pin_namespaces(
-                    dir,
-                    PodNamespaces { net: *net, ipc: *ipc, uts: *uts, pid: *pid },
-                    hostname.as_deref(),
-                    &sysctls,
-                )
-                .map_err(|e| error::chain(&e)),
-                None => Err("--sysctl takes KEY=VALUE".to_owned()),
-            }
-        }
-        Internal::Monitor { bundle } => {
-            let exe = std::path::PathBuf::from("/proc/self/exe");
-            Err(error::chain(&crius_sandbox::ns::monitor::run(bundle, &exe)))
-        }
-        Internal::Init { bundle } => Err(error::chain(&crius_sandbox::ns::init::run(bundle))),
-        Internal::Exec { bundle, request } => {
-            use crius_sandbox::ns::exec;
-            let failure = match exec::ExecRequest::load(request) {
-                Ok(request) => exec::run(bundle, &request),
-                Err(e) => e,
-            };
-            eprintln!("crius internal exec: {}", failure.report());
-            return ExitCode::from(u8::try_from(failure.exit_code()).unwrap_or(255));
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("crius internal: {message}");
-            ExitCode::FAILURE
-        }
-    }
-}
