@@ -68,4 +68,3 @@ fn health(socket: &std::path::Path, wait: std::time::Duration) -> ExitCode {
         }
     }
 }
-

@@ -103,7 +103,12 @@ impl GuestLog {
                 OutputStream::Stderr => Stream::Stderr,
             };
             let time = UNIX_EPOCH + Duration::from_nanos(record.timestamp_ns);
-            format_record(&mut out, time, stream, record.partial, &record.data);
+            // A full record ends its line with the `\n` the log line adds.
+            let content = match record.data.split_last() {
+                Some((b'\n', line)) if !record.partial => line,
+                _ => &record.data[..],
+            };
+            format_record(&mut out, time, stream, record.partial, content);
         }
         if out.is_empty() {
             return Ok(lost);
@@ -159,13 +164,14 @@ fn write_checkpoint(path: &Path, checkpoint: &Checkpoint) -> Result<(), GuestLog
 mod tests {
     use super::*;
 
+    /// A full line's record: its text and `\n`.
     fn record(offset: u64, text: &str) -> OutputRecord {
         OutputRecord {
             offset,
             stream: OutputStream::Stdout,
             timestamp_ns: 1_700_000_000_000_000_000,
             partial: false,
-            data: text.as_bytes().to_vec(),
+            data: format!("{text}\n").into_bytes(),
         }
     }
 
@@ -182,8 +188,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (log_path, checkpoint) = (dir.path().join("c.log"), dir.path().join("c.checkpoint"));
         let mut log = GuestLog::open(&log_path, &checkpoint).expect("open");
-        assert_eq!(log.write(&[record(0, "one"), record(3, "two")]).expect("write"), 0);
-        assert_eq!(log.offset(), 6);
+        assert_eq!(log.write(&[record(0, "one"), record(4, "two")]).expect("write"), 0);
+        assert_eq!(log.offset(), 8);
         // Bytes written after the last checkpoint (a crash before it was
         // renamed into place) are taken back at the next open.
         OpenOptions::new()
@@ -193,12 +199,17 @@ mod tests {
             .expect("append");
         drop(log);
         let mut log = GuestLog::open(&log_path, &checkpoint).expect("reopen");
-        assert_eq!(log.offset(), 6, "subscribe again from the checkpoint");
-        // The guest sends again from 6, and a record already written is skipped.
-        log.write(&[record(3, "two"), record(6, "three"), record(11, "four")]).expect("write");
-        assert_eq!(lines(&log_path), ["one", "two", "three", "four"]);
+        assert_eq!(log.offset(), 8, "subscribe again from the checkpoint");
+        // The guest sends again from 8, and a record already written is skipped.
+        log.write(&[record(4, "two"), record(8, "three"), record(14, "four")]).expect("write");
+        assert_eq!(lines(&log_path), ["one", "two", "three", "four"], "one line per record, no blank ones");
         let lost = log.write(&[record(100, "late")]).expect("a gap");
-        assert_eq!(lost, 85, "the guest's buffer overflowed");
+        assert_eq!(lost, 81, "the guest's buffer overflowed");
+        let mut partial = record(105, "part");
+        partial.partial = true;
+        partial.data = b"part".to_vec();
+        log.write(&[partial]).expect("partial");
+        assert!(std::fs::read_to_string(&log_path).expect("log").ends_with(" stdout P part\n"));
     }
 
     #[test]
@@ -213,6 +224,6 @@ mod tests {
         drop(log);
         let log = GuestLog::open(&log_path, &checkpoint).expect("open");
         assert_eq!(std::fs::read_to_string(&log_path).expect("log"), "kept by kubelet\n");
-        assert_eq!(log.offset(), 3);
+        assert_eq!(log.offset(), 4);
     }
 }

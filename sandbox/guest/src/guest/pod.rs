@@ -61,8 +61,10 @@ impl Guest {
                 searches: setup.dns.searches.clone(),
                 options: setup.dns.options.clone(),
             },
-            // The guest's own namespaces are the pod's.
-            namespaces: PodNamespaces { net: false, ipc: false, uts: false, pid: false },
+            // The guest's own network, IPC and UTS namespaces are the pod's; a
+            // PID namespace with a pod init is made for the containers that
+            // share the pod's (as on the node).
+            namespaces: PodNamespaces { net: false, ipc: false, uts: false, pid: true },
             sysctls: BTreeMap::new(),
             cgroup: None,
         };
