@@ -14,6 +14,8 @@ echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== build crius and its guest agent (the e2e tests run these binaries)"
 cargo build --locked -p crius -p crius-guest
+echo "== build the guest agent as a static binary (what a VM runs)"
+cargo build --locked -p crius-guest --target x86_64-unknown-linux-musl
 log=$(mktemp)
 skips=$(mktemp)
 trap 'rm -f "$log" "$skips"' EXIT
