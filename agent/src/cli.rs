@@ -42,9 +42,49 @@ pub enum Command {
     Serve,
     /// Print the effective configuration (file plus flags) as TOML.
     Config,
+    /// Run a virtual machine in the foreground with crius's VMM (KVM checks, demos).
+    #[command(subcommand)]
+    Vm(VmCommand),
     /// Processes crius starts itself (namespace helpers, container monitor and init).
     #[command(hide = true, subcommand)]
     Internal(Internal),
+}
+
+/// `crius vm …`: crius's VMM from the command line.
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Run a raw guest (`--raw FILE`), printing its serial output, then its
+    /// exit statistics.
+    Run(VmRunArgs),
+}
+
+/// Arguments of `crius vm run`.
+#[derive(Debug, clap::Args)]
+pub struct VmRunArgs {
+    /// A flat binary to run from its first byte.
+    #[arg(long, value_name = "FILE")]
+    pub raw: PathBuf,
+    /// CPU mode a raw guest starts in.
+    #[arg(long, value_enum, default_value = "real")]
+    pub mode: RawModeArg,
+    /// Guest memory in MiB.
+    #[arg(long = "mem", value_name = "MiB", default_value_t = 16)]
+    pub mem_mib: u32,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// Stop the guest after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub timeout: u64,
+}
+
+/// `--mode` of a raw guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RawModeArg {
+    /// 16-bit real mode.
+    Real,
+    /// 64-bit long mode, set up by the VMM.
+    Long,
 }
 
 /// `crius internal …`: re-executions of crius that run pods and containers.

@@ -13,6 +13,9 @@ fn main() -> ExitCode {
     if let Some(Command::Internal(internal)) = &cli.command {
         return run_internal(internal);
     }
+    if let Some(Command::Vm(vm)) = &cli.command {
+        return crius::vm_cli::run(vm);
+    }
     let config = match cli.effective_config() {
         Ok(config) => config,
         Err(e) => {
@@ -25,7 +28,7 @@ fn main() -> ExitCode {
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }
-        Command::Internal(_) => ExitCode::FAILURE,
+        Command::Internal(_) | Command::Vm(_) => ExitCode::FAILURE,
         Command::Serve => {
             logging::init(config.log.level, config.log.format);
             match run(config) {
