@@ -53,8 +53,8 @@ pub enum Command {
 /// `crius vm …`: crius's VMM from the command line.
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
-    /// Run a raw guest (`--raw FILE`), printing its serial output, then its
-    /// exit statistics.
+    /// Run a raw guest (`--raw FILE`, then its exit statistics) or boot a
+    /// Linux kernel (`--kernel FILE`), printing the guest's serial output.
     Run(VmRunArgs),
 }
 
@@ -62,14 +62,29 @@ pub enum VmCommand {
 #[derive(Debug, clap::Args)]
 pub struct VmRunArgs {
     /// A flat binary to run from its first byte.
-    #[arg(long, value_name = "FILE")]
-    pub raw: PathBuf,
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel", required_unless_present = "kernel")]
+    pub raw: Option<PathBuf>,
     /// CPU mode a raw guest starts in.
     #[arg(long, value_enum, default_value = "real")]
     pub mode: RawModeArg,
-    /// Guest memory in MiB.
-    #[arg(long = "mem", value_name = "MiB", default_value_t = 16)]
-    pub mem_mib: u32,
+    /// A Linux kernel (bzImage or ELF vmlinux) to boot; its console prints here.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// An initramfs for the kernel.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line (default: crius's serial console and quiet-boot line).
+    #[arg(long, value_name = "TEXT", requires = "kernel")]
+    pub cmdline: Option<String>,
+    /// Stop the guest once its console has printed TEXT.
+    #[arg(long, value_name = "TEXT", requires = "kernel")]
+    pub until: Option<String>,
+    /// Boot even where the host check says the guest cannot run, to see how far it gets.
+    #[arg(long, requires = "kernel")]
+    pub force: bool,
+    /// Guest memory in MiB [default: 16 for a raw guest, 256 for a kernel].
+    #[arg(long = "mem", value_name = "MiB")]
+    pub mem_mib: Option<u32>,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     pub vcpus: u8,

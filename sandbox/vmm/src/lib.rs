@@ -22,9 +22,16 @@
 #![allow(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod acpi;
+pub mod boot;
+pub mod bus;
 pub mod cpu;
+pub mod devices;
 pub mod host;
+pub mod kernel_image;
 pub mod layout;
 pub mod memory;
 pub mod raw;
 pub mod vcpu;
+pub mod virtio;
+pub mod vm;
