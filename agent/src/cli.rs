@@ -140,6 +140,11 @@ pub enum Internal {
         /// The container's bundle directory.
         bundle: PathBuf,
     },
+    /// Run one VM (crius's VMM) from `<dir>/config.json`, serving `<dir>/control.sock`.
+    Vmm {
+        /// The VM's directory.
+        dir: PathBuf,
+    },
     /// Run a command inside a running container (ExecSync, Exec).
     Exec {
         /// The container's bundle directory.

@@ -74,6 +74,11 @@ fn run_internal(internal: &Internal) -> ExitCode {
             let exe = std::path::PathBuf::from("/proc/self/exe");
             Err(error::chain(&crius_sandbox::ns::monitor::run(bundle, &exe)))
         }
+        Internal::Vmm { dir } => match crius_vmm::process::run(dir) {
+            Ok(record) if record.clean => Ok(()),
+            Ok(record) => Err(record.reason),
+            Err(e) => Err(error::chain(&e)),
+        },
         Internal::Init { bundle } => Err(error::chain(&crius_sandbox::ns::init::run(bundle))),
         Internal::Exec { bundle, request } => {
             use crius_sandbox::ns::exec;

@@ -31,6 +31,7 @@ pub mod host;
 pub mod kernel_image;
 pub mod layout;
 pub mod memory;
+pub mod process;
 pub mod raw;
 pub mod vcpu;
 pub mod virtio;
