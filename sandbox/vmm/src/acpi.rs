@@ -19,7 +19,9 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::layout::{ACPI_END, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
+use crate::layout::{
+    ACPI_END, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, ACPI_START, COM1_IRQ, COM1_PORT, IOAPIC_ADDR, LAPIC_ADDR,
+};
 use crate::memory::GuestMemory;
 
 const OEM_ID: [u8; 6] = *b"CRIUS ";
@@ -52,9 +54,22 @@ pub struct MmioDevice {
     pub irq: u32,
 }
 
-/// The DSDT: `\_SB.Vnnn` for each virtio-mmio device and `\_S5`.
+/// The DSDT: `\_SB.COM1`, `\_SB.Vnnn` for each virtio-mmio device, and
+/// `\_S5`.
+///
+/// COM1 is declared although its port and IRQ are the PC's: a
+/// hardware-reduced ACPI platform has no legacy PIC, so Linux sets up no ISA
+/// IRQ mappings and would program IOAPIC pin 4 level-triggered, active-low;
+/// the edge the serial port raises would then never arrive.
 pub fn dsdt(devices: &[MmioDevice]) -> Vec<u8> {
     let mut body = Vec::new();
+    let com1_io = aml::IO::new(COM1_PORT, COM1_PORT, 1, 8);
+    let com1_irq = aml::Interrupt::new(true, true, false, false, COM1_IRQ);
+    let com1_crs = aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]);
+    let com1_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501"));
+    let com1_uid = aml::Name::new("_UID".into(), &0u8);
+    let com1_res = aml::Name::new("_CRS".into(), &com1_crs);
+    let com1 = aml::Device::new("COM1".into(), vec![&com1_hid, &com1_uid, &com1_res]);
     let mut children: Vec<aml::Device<'_>> = Vec::new();
     let crs: Vec<(aml::Memory32Fixed, aml::Interrupt)> = devices
         .iter()
@@ -79,7 +94,8 @@ pub fn dsdt(devices: &[MmioDevice]) -> Vec<u8> {
     for ((hid, uid, crs), path) in names.iter().zip(&paths) {
         children.push(aml::Device::new(path.as_str().into(), vec![hid, uid, crs]));
     }
-    let refs: Vec<&dyn Aml> = children.iter().map(|d| d as &dyn Aml).collect();
+    let refs: Vec<&dyn Aml> =
+        std::iter::once(&com1 as &dyn Aml).chain(children.iter().map(|d| d as &dyn Aml)).collect();
     aml::Scope::new("\\_SB_".into(), refs).to_aml_bytes(&mut body);
     let s5 = aml::Package::new(vec![&S5_SLEEP_TYPE, &0u8, &0u8, &0u8]);
     aml::Name::new("_S5_".into(), &s5).to_aml_bytes(&mut body);
@@ -182,6 +198,9 @@ mod tests {
         assert_eq!(find(b"V000"), 1);
         assert_eq!(find(b"V001"), 1);
         assert_eq!(find(b"_S5_"), 1);
+        assert_eq!(find(b"COM1"), 1);
+        // COM1's interrupt: edge, active high, IRQ 4.
+        assert_eq!(find(&[0x89, 6, 0, 0b11, 1, 4, 0, 0, 0]), 1);
         // Memory32Fixed: tag 0x86, length 9, read-write, base, length.
         let mut mem = vec![0x86, 9, 0, 1];
         mem.extend_from_slice(&0xd000_1000u32.to_le_bytes());

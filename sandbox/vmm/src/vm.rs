@@ -32,11 +32,10 @@ use crate::vcpu::{self, ExitStats, Kicker, StopReason, VcpuError};
 use crate::virtio::{self, DeviceConfigs, VirtioError};
 
 /// The kernel command line crius uses when none is given: serial console,
-/// quiet boot, no PCI probing, no legacy keyboard probing, reset on panic
-/// (the VMM sees the triple fault), and no I/O delay port writes (each is
-/// an exit).
-pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 quiet panic=-1 reboot=t pci=off i8042.nopnp i8042.noaux i8042.nokbd io_delay=none";
+/// quiet boot, no PCI probing, reset on panic (the VMM sees the triple
+/// fault), and no I/O delay port writes (each is an exit). The legacy
+/// keyboard controller is not probed: the FADT says there is none.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t pci=off io_delay=none";
 
 /// A VM to start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
