@@ -12,8 +12,8 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
-echo "== build crius (the e2e tests run this binary)"
-cargo build --locked -p crius
+echo "== build crius and crius-lab (the e2e tests run these binaries)"
+cargo build --locked -p crius -p crius-e2e --bin crius --bin crius-lab
 echo "== cargo test (unit + e2e)"
 log=$(mktemp)
 skips=$(mktemp)
