@@ -54,7 +54,8 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Run a raw guest (`--raw FILE`, then its exit statistics) or boot a
-    /// Linux kernel (`--kernel FILE`), printing the guest's serial output.
+    /// Linux kernel (`--kernel FILE`, by default the installed Debian cloud
+    /// kernel), printing the guest's serial output.
     Run(VmRunArgs),
 }
 
@@ -62,25 +63,26 @@ pub enum VmCommand {
 #[derive(Debug, clap::Args)]
 pub struct VmRunArgs {
     /// A flat binary to run from its first byte.
-    #[arg(long, value_name = "FILE", conflicts_with = "kernel", required_unless_present = "kernel")]
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
     pub raw: Option<PathBuf>,
     /// CPU mode a raw guest starts in.
     #[arg(long, value_enum, default_value = "real")]
     pub mode: RawModeArg,
-    /// A Linux kernel (bzImage or ELF vmlinux) to boot; its console prints here.
+    /// A Linux kernel (bzImage or ELF vmlinux) to boot; its console prints here
+    /// [default: the newest /boot/vmlinuz-*-cloud-amd64].
     #[arg(long, value_name = "FILE")]
     pub kernel: Option<PathBuf>,
     /// An initramfs for the kernel.
-    #[arg(long, value_name = "FILE", requires = "kernel")]
+    #[arg(long, value_name = "FILE", conflicts_with = "raw")]
     pub initrd: Option<PathBuf>,
     /// The kernel command line (default: crius's serial console and quiet-boot line).
-    #[arg(long, value_name = "TEXT", requires = "kernel")]
+    #[arg(long, value_name = "TEXT", conflicts_with = "raw")]
     pub cmdline: Option<String>,
     /// Stop the guest once its console has printed TEXT.
-    #[arg(long, value_name = "TEXT", requires = "kernel")]
+    #[arg(long, value_name = "TEXT", conflicts_with = "raw")]
     pub until: Option<String>,
     /// Boot even where the host check says the guest cannot run, to see how far it gets.
-    #[arg(long, requires = "kernel")]
+    #[arg(long, conflicts_with = "raw")]
     pub force: bool,
     /// Guest memory in MiB [default: 16 for a raw guest, 256 for a kernel].
     #[arg(long = "mem", value_name = "MiB")]

@@ -19,7 +19,15 @@ pub fn run(command: &VmCommand) -> ExitCode {
         VmCommand::Run(args) => match (&args.raw, &args.kernel) {
             (Some(raw), _) => run_raw(raw, args),
             (None, Some(kernel)) => run_kernel(kernel, args),
-            (None, None) => ExitCode::from(2),
+            (None, None) => match crius_vmm::host::default_guest_kernel() {
+                Some(kernel) => run_kernel(&kernel, args),
+                None => {
+                    eprintln!(
+                        "crius vm run: no --kernel and no /boot/vmlinuz-*-cloud-amd64 (Debian package linux-image-cloud-amd64)"
+                    );
+                    ExitCode::from(2)
+                }
+            },
         },
     }
 }

@@ -4,9 +4,10 @@
 #   e2e/kvm-lab/build.sh OUT_DIR CRIUS_BIN CRIUS_LAB_BIN
 #
 # OUT_DIR/vmlinuz      the Debian cloud kernel (L1 and the guest both run it)
-# OUT_DIR/guest.cpio   the guest's initramfs: busybox, its /init (guest-init.sh),
-#                      the modules for virtio-mmio, vsock, blk, net, rng, erofs,
-#                      overlay, and crius-lab (the guest side of the tests)
+# OUT_DIR/guest.cpio   the guest's initramfs (sandbox/vmm/guest/mkinitramfs.sh):
+#                      busybox, the modules for virtio-mmio, vsock, blk, net, rng,
+#                      erofs, overlay, its /init (guest-init.sh) and crius-lab (the
+#                      guest side of the tests)
 # OUT_DIR/shared.img   an erofs image with shared.txt: the file the host shares
 # OUT_DIR/l1.cpio      L1's initramfs: busybox, kvm + kvm-amd + tun modules, crius,
 #                      crius-lab, QEMU (the comparison), the guest's files, /lab/tests
@@ -56,14 +57,8 @@ base_root() {
     cp "$BUSYBOX" "$1/bin/busybox"
 }
 
-# The guest.
-G=$OUT/guest-root
-base_root "$G"
-install -m 755 "$HERE/guest-init.sh" "$G/init"
-copy_bin "$G" "$LAB_BIN"
-mv "$G$LAB_BIN" "$G/bin/crius-lab"
-copy_modules "$G" lab-modules virtio_mmio vmw_vsock_virtio_transport virtio_blk virtio_net virtio_rng erofs overlay
-make_cpio "$G" "$OUT/guest.cpio"
+# The guest: crius's guest initramfs builder, with the lab's init and crius-lab.
+"$HERE/../../sandbox/vmm/guest/mkinitramfs.sh" "$OUT/guest.cpio" "$HERE/guest-init.sh" "$LAB_BIN=/bin/crius-lab"
 
 # The shared file, as a read-only erofs image (the rootfs transport: block
 # devices built from image content).
@@ -88,5 +83,5 @@ mkdir -p "$L/lab/tests"
 cp "$OUT/vmlinuz" "$OUT/guest.cpio" "$OUT/shared.img" "$L/lab/"
 cp "$HERE"/tests/*.sh "$L/lab/tests/"
 make_cpio "$L" "$OUT/l1.cpio"
-rm -rf "$G" "$L" "$OUT/shared"
+rm -rf "$L" "$OUT/shared"
 ls -la "$OUT"

@@ -17,7 +17,7 @@ off() {
 }
 case $(cat /proc/cmdline) in *lab=timing*) off ;; esac
 mount -t sysfs sysfs /sys
-while read -r m; do insmod "$m" || say "LAB: insmod $m failed"; done </lab-modules
+while read -r m; do insmod "$m" || say "LAB: insmod $m failed"; done </etc/crius-modules
 say "LAB: interrupts: $(grep -E 'ttyS|virtio' /proc/interrupts | tr -s ' ' | tr '\n' ';')"
 say "LAB: devices: $(ls /sys/bus/virtio/devices | tr '\n' ' ')"
 crius-lab vsock-echo-server 1024 >/tmp/server.out 2>&1 &

@@ -27,6 +27,8 @@ echo "ok: the guest reached userspace and its test init"
 echo "boot to guest init: $(elapsed "$t0") s in L1 (guest uptime at init: $(sed -n 's/.*LAB: init reached at \([0-9.]*\) s.*/\1/p' $D/console.log) s)"
 status=$(crius-lab ctl $D status)
 echo "vmm status: $status"
+echo "vmm PSS by mapping (KiB; [anon] is heap, stacks and guest RAM):"
+awk '/^[0-9a-f]+-[0-9a-f]+ / {m = ($6 == "" ? "[anon]" : $6)} /^Pss:/ {pss[m] += $2} END {for (m in pss) if (pss[m] >= 64) printf "  %8d %s\n", pss[m], m}' /proc/$vmm/smaps | sort -rn
 reply=$(crius-lab uds-connect $D/vsock.sock 1024 hello-from-host 2>&1)
 echo "host to guest over vsock: $reply"
 check "vsock host to guest" test "$reply" = "guest got: hello-from-host"

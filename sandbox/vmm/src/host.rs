@@ -98,6 +98,45 @@ fn kernel_config(kernel: &Path) -> Option<PathBuf> {
     candidates.into_iter().flatten().find(|p| p.is_file())
 }
 
+/// The default guest kernel: the newest installed Debian cloud kernel
+/// (`/boot/vmlinuz-*-cloud-amd64`, package `linux-image-cloud-amd64`).
+pub fn default_guest_kernel() -> Option<PathBuf> {
+    newest_cloud_kernel(Path::new("/boot"))
+}
+
+fn newest_cloud_kernel(boot: &Path) -> Option<PathBuf> {
+    let mut kernels: Vec<PathBuf> = std::fs::read_dir(boot)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-") && n.ends_with("-cloud-amd64"))
+        })
+        .collect();
+    kernels.sort_by_key(|p| version_key(&p.to_string_lossy()));
+    kernels.pop()
+}
+
+/// Orders "6.1.0-9" before "6.1.0-10": numbers compare as numbers.
+fn version_key(text: &str) -> Vec<(u64, String)> {
+    let mut key = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits > 0 {
+            key.push((rest[..digits].parse().unwrap_or(u64::MAX), String::new()));
+            rest = &rest[digits..];
+        } else {
+            let word = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            key.push((0, rest[..word].to_owned()));
+            rest = &rest[word..];
+        }
+    }
+    key
+}
+
 /// Checks that a Linux guest with `kernel` can boot here: `/dev/kvm` opens
 /// with what the VMM needs, and on PVM the kernel is a PVM guest kernel.
 pub fn check_linux_guest(kernel: &Path) -> Result<Kvm, HostError> {
@@ -139,6 +178,21 @@ mod tests {
         let other = dir.path().join("bzImage");
         std::fs::write(dir.path().join("bzImage.config"), "CONFIG_PVM_GUEST=y\n").expect("write");
         assert!(matches!(kernel_is_pvm_guest(&other), Some((true, _))));
+    }
+
+    #[test]
+    fn the_newest_cloud_kernel_is_the_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(newest_cloud_kernel(dir.path()), None);
+        for name in [
+            "vmlinuz-6.1.0-9-cloud-amd64",
+            "vmlinuz-6.1.0-10-cloud-amd64",
+            "vmlinuz-6.1.0-11-amd64",
+            "config-6.1.0-12-cloud-amd64",
+        ] {
+            std::fs::write(dir.path().join(name), b"").expect("write");
+        }
+        assert_eq!(newest_cloud_kernel(dir.path()), Some(dir.path().join("vmlinuz-6.1.0-10-cloud-amd64")));
     }
 
     #[test]

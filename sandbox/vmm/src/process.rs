@@ -206,6 +206,11 @@ impl Client {
 /// The body of `crius internal vmm <dir>`: runs until the VM ends or a
 /// shutdown request; returns the exit record it wrote.
 pub fn run(dir: &Path) -> Result<ExitRecord, ProcessError> {
+    // One malloc arena for all threads: the vCPU and device threads
+    // allocate little, and a per-thread arena each would cost resident pages.
+    // SAFETY: mallopt only changes allocator tuning; no allocation is live
+    // in another thread yet.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let config_path = dir.join(CONFIG_FILE);
     let text = std::fs::read(&config_path).map_err(file_err(&config_path))?;
     let mut config: VmmConfig =
@@ -222,44 +227,53 @@ pub fn run(dir: &Path) -> Result<ExitRecord, ProcessError> {
     let socket_path = dir.join(CONTROL_SOCKET);
     let _ = std::fs::remove_file(&socket_path);
     let listener = UnixListener::bind(&socket_path).map_err(file_err(&socket_path))?;
-    let vm = Arc::new(Mutex::new(Some(Vm::start(&kvm, &config.vm)?)));
+    let mut vm = Vm::start(&kvm, &config.vm)?;
     // Loading the kernel and initramfs went through large buffers that are
     // free now; give that heap back so the VMM's resident set stays small.
     // SAFETY: malloc_trim only returns free heap memory to the system.
     unsafe { libc::malloc_trim(0) };
+    let info = Arc::new(Info {
+        started: Instant::now().checked_sub(vm.uptime()).unwrap_or_else(Instant::now),
+        vsock_uds: vm.vsock_uds().cloned(),
+        guest_ram: vm.guest_ram().to_vec(),
+        stopping: Mutex::new(false),
+    });
     let (shutdown_tx, shutdown_rx) = mpsc::channel::<()>();
-    let server = {
-        let vm = Arc::clone(&vm);
+    {
+        let info = Arc::clone(&info);
         std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || serve(&listener, &vm, &shutdown_tx))
-            .map_err(|e| ProcessError::Spawn(PathBuf::from("control thread"), e))?
-    };
-    let record = loop {
+            .spawn(move || serve(&listener, &info, &shutdown_tx))
+            .map_err(|e| ProcessError::Spawn(PathBuf::from("control thread"), e))?;
+    }
+    // The control thread never touches the VM: it answers from `info`, and
+    // a shutdown request reaches this loop through the channel.
+    let requested = loop {
         if shutdown_rx.try_recv().is_ok() {
-            break finish(&vm, true);
+            break true;
         }
-        let stopped = vm
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_mut()
-            .and_then(|v| v.wait(Some(Duration::from_millis(100))));
-        if stopped.is_some() {
-            break finish(&vm, false);
+        if vm.wait(Some(Duration::from_millis(100))).is_some() {
+            break false;
         }
     };
+    let record = finish(vm, requested);
     let exit_path = dir.join(EXIT_FILE);
     let text = serde_json::to_vec(&record).map_err(|e| ProcessError::Json(exit_path.clone(), e))?;
     std::fs::write(&exit_path, text).map_err(file_err(&exit_path))?;
     let _ = std::fs::remove_file(&socket_path);
-    drop(server);
     Ok(record)
 }
 
-fn finish(vm: &Mutex<Option<Vm>>, requested: bool) -> ExitRecord {
-    let Some(vm) = vm.lock().unwrap_or_else(PoisonError::into_inner).take() else {
-        return ExitRecord { reason: "no VM".into(), clean: false, exits: 0, elapsed_ms: 0 };
-    };
+/// What the control thread knows of the VM.
+#[derive(Debug)]
+struct Info {
+    started: Instant,
+    vsock_uds: Option<PathBuf>,
+    guest_ram: Vec<(u64, u64)>,
+    stopping: Mutex<bool>,
+}
+
+fn finish(vm: Vm, requested: bool) -> ExitRecord {
     let kind = vm.kvm_kind();
     let exit = vm.shutdown();
     let clean = requested || exit.reason == crate::vcpu::StopReason::PowerOff;
@@ -267,7 +281,7 @@ fn finish(vm: &Mutex<Option<Vm>>, requested: bool) -> ExitRecord {
     ExitRecord { reason, clean, exits: exit.stats.total(), elapsed_ms: exit.elapsed.as_millis() as u64 }
 }
 
-fn serve(listener: &UnixListener, vm: &Mutex<Option<Vm>>, shutdown: &mpsc::Sender<()>) {
+fn serve(listener: &UnixListener, info: &Info, shutdown: &mpsc::Sender<()>) {
     for stream in listener.incoming().flatten() {
         let mut reader = BufReader::new(&stream);
         let mut line = String::new();
@@ -276,11 +290,11 @@ fn serve(listener: &UnixListener, vm: &Mutex<Option<Vm>>, shutdown: &mpsc::Sende
         }
         let request: Result<Request, _> = serde_json::from_str(&line);
         let answer = match request {
-            Ok(Request::Status) => status(vm, "running"),
+            Ok(Request::Status) => status(info),
             Ok(Request::Shutdown) => {
-                let answer = status(vm, "stopping");
+                *info.stopping.lock().unwrap_or_else(PoisonError::into_inner) = true;
                 let _ = shutdown.send(());
-                answer
+                status(info)
             }
             Err(e) => serde_json::json!({ "error": e.to_string() }),
         };
@@ -289,16 +303,15 @@ fn serve(listener: &UnixListener, vm: &Mutex<Option<Vm>>, shutdown: &mpsc::Sende
     }
 }
 
-fn status(vm: &Mutex<Option<Vm>>, state: &str) -> serde_json::Value {
-    let guard = vm.lock().unwrap_or_else(PoisonError::into_inner);
-    let Some(vm) = guard.as_ref() else { return serde_json::json!({ "error": "the VM has ended" }) };
+fn status(info: &Info) -> serde_json::Value {
+    let stopping = *info.stopping.lock().unwrap_or_else(PoisonError::into_inner);
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
-    let (pss, guest) = pss_split(&smaps, vm.guest_ram());
+    let (pss, guest) = pss_split(&smaps, &info.guest_ram);
     let status = Status {
-        state: state.to_owned(),
+        state: if stopping { "stopping" } else { "running" }.to_owned(),
         pid: std::process::id(),
-        uptime_ms: vm.uptime().as_millis() as u64,
-        vsock_uds: vm.vsock_uds().cloned(),
+        uptime_ms: info.started.elapsed().as_millis() as u64,
+        vsock_uds: info.vsock_uds.clone(),
         pss_kib: pss,
         guest_pss_kib: guest,
         vmm_pss_kib: pss - guest,

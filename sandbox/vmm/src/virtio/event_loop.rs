@@ -68,10 +68,20 @@ pub struct DeviceThread {
 impl DeviceThread {
     /// Stops the thread and waits for it.
     pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
         let _ = self.stop.write(1);
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
         }
+    }
+}
+
+impl Drop for DeviceThread {
+    fn drop(&mut self) {
+        self.stop_and_join();
     }
 }
 

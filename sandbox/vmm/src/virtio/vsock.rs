@@ -247,7 +247,7 @@ impl Vsock {
 
     /// The next packet for the guest: a control packet, else data (or an
     /// end-of-stream shutdown) from a host socket the guest has credit for.
-    fn next_packet(&mut self, room: usize, reg: &Registrar) -> Option<(Header, Vec<u8>)> {
+    fn next_packet(&mut self, room: usize) -> Option<(Header, Vec<u8>)> {
         if let Some(header) = self.control.pop_front() {
             return Some((header, Vec::new()));
         }
@@ -267,7 +267,6 @@ impl Vsock {
                     if let Some(c) = self.conns.get_mut(&key) {
                         c.state = ConnState::Closing;
                     }
-                    let _ = reg;
                     return Some((header, Vec::new()));
                 }
             }
@@ -276,7 +275,7 @@ impl Vsock {
     }
 
     /// Fills the guest's rx buffers with whatever is waiting.
-    fn pump_rx(&mut self, ctx: &mut DeviceContext, reg: &Registrar) {
+    fn pump_rx(&mut self, ctx: &mut DeviceContext) {
         let mem = &ctx.mem;
         let Some(queue) = ctx.queues.get_mut(RX) else { return };
         let mut used = false;
@@ -292,7 +291,7 @@ impl Vsock {
                 continue;
             };
             let room = writer.available_bytes().saturating_sub(HEADER_LEN);
-            let Some((header, payload)) = self.next_packet(room, reg) else {
+            let Some((header, payload)) = self.next_packet(room) else {
                 queue.go_to_previous_position();
                 break;
             };
@@ -359,7 +358,7 @@ impl VirtioDevice for Vsock {
         if index == TX {
             self.pump_tx(ctx, reg);
         }
-        self.pump_rx(ctx, reg);
+        self.pump_rx(ctx);
     }
 
     fn fd_event(&mut self, ctx: &mut DeviceContext, token: u32, events: u32, reg: &Registrar) {
@@ -378,7 +377,7 @@ impl VirtioDevice for Vsock {
                 }
             }
         }
-        self.pump_rx(ctx, reg);
+        self.pump_rx(ctx);
     }
 
     fn reset(&mut self, reg: &Registrar) {
