@@ -101,6 +101,6 @@ fn crius_vmm_boots_linux_with_its_devices_in_the_kvm_lab() -> Result<()> {
     assert!(report.contains("ok: ping through virtio-net and the tap"));
     assert!(report.contains("ok: clean shutdown"));
     let report = run_lab_test(&out, "boot-time", 400)?;
-    assert!(report.contains("ok: crius boots no slower than QEMU microvm"), "{report}");
+    assert!(report.contains("ok: crius boots no slower than QEMU microvm (same command line)"), "{report}");
     Ok(())
 }

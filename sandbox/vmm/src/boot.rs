@@ -55,7 +55,8 @@ pub struct BootSpec {
     pub initrd: Option<PathBuf>,
     /// Kernel command line.
     pub cmdline: String,
-    /// For a bzImage: decompress its vmlinux on the host and boot that.
+    /// For an LZ4 bzImage: decompress its vmlinux on the host and boot that
+    /// (other compressions boot the bzImage).
     pub extract_vmlinux: bool,
 }
 
@@ -92,30 +93,39 @@ pub fn load(
     let load_err = |e| BootError::Load(spec.kernel.clone(), e);
     let format = kernel_image::format(&image).map_err(image_err)?;
     let mut params = boot_params::default();
-    let (rip, kernel_end, extracted) = match format {
-        KernelFormat::BzImage if !spec.extract_vmlinux => {
+    // The vmlinux inside an LZ4 bzImage, when asked for; any other
+    // compression boots the bzImage itself.
+    let extracted = match format {
+        KernelFormat::BzImage if spec.extract_vmlinux => match kernel_image::extract_vmlinux(&image) {
+            Ok(elf) => Some(elf),
+            Err(KernelImageError::UnsupportedCompression(_)) => None,
+            Err(e) => return Err(image_err(e)),
+        },
+        _ => None,
+    };
+    let (rip, kernel_end) = match (format, extracted.as_ref()) {
+        (KernelFormat::BzImage, None) => {
             let result = BzImage::load(mem, None, &mut Cursor::new(&image), Some(GuestAddress(HIMEM_START)))
                 .map_err(load_err)?;
             if let Some(hdr) = result.setup_header {
                 params.hdr = hdr;
             }
-            (result.kernel_load.0 + 0x200, result.kernel_load.0 + result.kernel_end, false)
+            (result.kernel_load.0 + 0x200, result.kernel_load.0 + result.kernel_end)
         }
-        KernelFormat::BzImage | KernelFormat::Elf => {
-            let elf = if format == KernelFormat::BzImage {
-                // The setup header still describes the kernel (initrd limit, version).
-                if let Some(hdr) = bzimage_header(&image) {
-                    params.hdr = hdr;
-                }
-                kernel_image::extract_vmlinux(&image).map_err(image_err)?
-            } else {
-                image
-            };
+        (_, elf) => {
+            // A bzImage's setup header still describes the kernel (initrd limit, version).
+            if format == KernelFormat::BzImage
+                && let Some(hdr) = bzimage_header(&image)
+            {
+                params.hdr = hdr;
+            }
+            let elf = elf.unwrap_or(&image);
             let result =
-                Elf::load(mem, None, &mut Cursor::new(&elf), Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
-            (result.kernel_load.0, result.kernel_end, format == KernelFormat::BzImage)
+                Elf::load(mem, None, &mut Cursor::new(elf), Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
+            (result.kernel_load.0, result.kernel_end)
         }
     };
+    let extracted = extracted.is_some();
     write_cmdline(mem, &spec.cmdline)?;
     params.hdr.boot_flag = BOOT_FLAG;
     params.hdr.header = HDRS;

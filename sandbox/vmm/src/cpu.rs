@@ -166,6 +166,10 @@ pub struct CpuidOptions {
     /// Hide CMPXCHG16B: PVM's instruction emulator spins on `lock
     /// cmpxchg16b` at CPL0, so a stock kernel hangs in SLUB with it.
     pub hide_cx16: bool,
+    /// Offer the LAPIC's TSC-deadline timer mode (KVM emulates it when it
+    /// has `KVM_CAP_TSC_DEADLINE_TIMER`, but leaves the CPUID bit to the
+    /// VMM). Without it the guest calibrates the LAPIC timer at boot.
+    pub tsc_deadline: bool,
 }
 
 /// Adjusts the host-supported CPUID for vCPU `index` of `count`: its APIC
@@ -178,6 +182,9 @@ pub fn patch_cpuid(cpuid: &mut CpuId, index: u8, count: u8, options: CpuidOption
                 entry.ecx |= 1 << 31;
                 if options.hide_cx16 {
                     entry.ecx &= !(1 << 13);
+                }
+                if options.tsc_deadline {
+                    entry.ecx |= 1 << 24;
                 }
                 // HTT: the logical processor count in EBX is valid.
                 if count > 1 {
@@ -289,10 +296,11 @@ mod tests {
             kvm_bindings::kvm_cpuid_entry2 { function: 0xb, edx: 7, ..Default::default() },
         ];
         let mut cpuid = CpuId::from_entries(&entries).expect("cpuid");
-        patch_cpuid(&mut cpuid, 3, 4, CpuidOptions { hide_cx16: true });
+        patch_cpuid(&mut cpuid, 3, 4, CpuidOptions { hide_cx16: true, tsc_deadline: true });
         let e = cpuid.as_slice();
         assert_eq!(e[0].ebx, 0x0304_1234);
         assert_eq!(e[0].ecx & (1 << 13), 0);
+        assert_ne!(e[0].ecx & (1 << 24), 0, "TSC deadline");
         assert_ne!(e[0].ecx & (1 << 31), 0);
         assert_eq!(e[1].edx, 3);
     }

@@ -56,8 +56,10 @@ pub struct VmConfig {
     /// Console log file (appended); `None`: the VMM's stdout.
     #[serde(default)]
     pub console_log: Option<PathBuf>,
-    /// For a bzImage, boot the vmlinux decompressed on the host; `None`:
-    /// only on PVM, where the in-guest decompressor would take minutes.
+    /// For an LZ4 bzImage, boot the vmlinux decompressed on the host instead
+    /// of letting the guest decompress itself (default: yes; on PVM the
+    /// in-guest decompressor would take minutes, elsewhere the host does it
+    /// faster than a guest's early boot code).
     #[serde(default)]
     pub extract_vmlinux: Option<bool>,
     /// Virtio devices.
@@ -193,14 +195,17 @@ impl Vm {
             kernel: config.kernel.clone(),
             initrd: config.initrd.clone(),
             cmdline: config.cmdline().to_owned(),
-            extract_vmlinux: config.extract_vmlinux.unwrap_or(kind == KvmKind::Pvm),
+            extract_vmlinux: config.extract_vmlinux.unwrap_or(true),
         };
         let entry = boot::load(&mem, mem_size, &spec, &memory::e820_map(mem_size), rsdp)?;
         cpu::write_boot_tables(&mem)?;
         let device_thread = devices.start()?;
 
         let supported = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("get cpuid"))?;
-        let options = CpuidOptions { hide_cx16: kind == KvmKind::Pvm };
+        let options = CpuidOptions {
+            hide_cx16: kind == KvmKind::Pvm,
+            tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+        };
         vcpu::install_kick_handler()?;
         let buses = Arc::new(buses);
         let (tx, stops) = mpsc::channel();
