@@ -12,8 +12,8 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
-echo "== build crius and its guest agent (the e2e tests run these binaries)"
-cargo build --locked -p crius -p crius-guest
+echo "== build crius, its guest agent and crius-lab (the e2e tests run these binaries)"
+cargo build --locked -p crius -p crius-guest -p crius-e2e --bin crius --bin crius-guest --bin crius-lab
 echo "== build the guest agent as a static binary (what a VM runs)"
 cargo build --locked -p crius-guest --target x86_64-unknown-linux-musl
 log=$(mktemp)

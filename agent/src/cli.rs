@@ -50,6 +50,63 @@ pub enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 0)]
         wait: u64,
     },
+    /// Run a virtual machine in the foreground with crius's VMM (KVM checks, demos).
+    #[command(subcommand)]
+    Vm(VmCommand),
+}
+
+/// `crius vm …`: crius's VMM from the command line.
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Run a raw guest (`--raw FILE`, then its exit statistics) or boot a
+    /// Linux kernel (`--kernel FILE`, by default the installed Debian cloud
+    /// kernel), printing the guest's serial output.
+    Run(VmRunArgs),
+}
+
+/// Arguments of `crius vm run`.
+#[derive(Debug, clap::Args)]
+pub struct VmRunArgs {
+    /// A flat binary to run from its first byte.
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
+    pub raw: Option<PathBuf>,
+    /// CPU mode a raw guest starts in.
+    #[arg(long, value_enum, default_value = "real")]
+    pub mode: RawModeArg,
+    /// A Linux kernel (bzImage or ELF vmlinux) to boot; its console prints here
+    /// [default: the newest /boot/vmlinuz-*-cloud-amd64].
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// An initramfs for the kernel.
+    #[arg(long, value_name = "FILE", conflicts_with = "raw")]
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line (default: crius's serial console and quiet-boot line).
+    #[arg(long, value_name = "TEXT", conflicts_with = "raw")]
+    pub cmdline: Option<String>,
+    /// Stop the guest once its console has printed TEXT.
+    #[arg(long, value_name = "TEXT", conflicts_with = "raw")]
+    pub until: Option<String>,
+    /// Boot even where the host check says the guest cannot run, to see how far it gets.
+    #[arg(long, conflicts_with = "raw")]
+    pub force: bool,
+    /// Guest memory in MiB [default: 16 for a raw guest, 256 for a kernel].
+    #[arg(long = "mem", value_name = "MiB")]
+    pub mem_mib: Option<u32>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// Stop the guest after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub timeout: u64,
+}
+
+/// `--mode` of a raw guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RawModeArg {
+    /// 16-bit real mode.
+    Real,
+    /// 64-bit long mode, set up by the VMM.
+    Long,
 }
 
 impl Cli {

@@ -2,7 +2,7 @@
 //! kubelet over a unix socket and runs pods as Linux namespaces or KVM VMs.
 //!
 //! This crate is the composition root: the only place where the library
-//! crates (`sandbox`, `network`, `images`) are wired together.
+//! crates (`sandbox`, `sandbox/vmm`, `network`, `images`) are wired together.
 
 pub mod backends;
 pub mod cli;
@@ -16,3 +16,4 @@ pub mod network;
 pub mod server;
 pub mod store;
 pub mod streaming;
+pub mod vm_cli;

@@ -10,12 +10,19 @@ use crius::{config, error, logging, server};
 
 fn main() -> ExitCode {
     // `crius internal …`: processes crius starts itself (namespace helpers,
-    // container monitor, init, exec), before any config, logging or thread.
+    // container monitor, init, exec, a VM's VMM), before any config,
+    // logging or thread.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "internal") {
+        if args.get(2).is_some_and(|a| a == "vmm") {
+            return run_vmm(&args[3..]);
+        }
         return crius_sandbox::ns::internal::run("crius", &args[2..]);
     }
     let cli = Cli::parse();
+    if let Some(Command::Vm(vm)) = &cli.command {
+        return crius::vm_cli::run(vm);
+    }
     let config = match cli.effective_config() {
         Ok(config) => config,
         Err(e) => {
@@ -29,6 +36,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Health { wait } => health(&config.socket, std::time::Duration::from_secs(wait)),
+        Command::Vm(_) => ExitCode::FAILURE,
         Command::Serve => {
             logging::init(config.log.level, config.log.format);
             match run(config) {
@@ -64,6 +72,26 @@ fn health(socket: &std::path::Path, wait: std::time::Duration) -> ExitCode {
         }
         Err(message) => {
             eprintln!("crius health: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `crius internal vmm DIR`: one VM (crius's VMM) from `<DIR>/config.json`,
+/// serving `<DIR>/control.sock`.
+fn run_vmm(args: &[std::ffi::OsString]) -> ExitCode {
+    let [dir] = args else {
+        eprintln!("crius internal vmm: usage: crius internal vmm DIR");
+        return ExitCode::from(2);
+    };
+    match crius_vmm::process::run(std::path::Path::new(dir)) {
+        Ok(record) if record.clean => ExitCode::SUCCESS,
+        Ok(record) => {
+            eprintln!("crius internal vmm: {}", record.reason);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("crius internal vmm: {}", error::chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -8,7 +8,7 @@
 //!   named by `CRIUS_TEST_SKIP_LOG` when that is set (`test.sh` counts those
 //!   lines as skipped, not passed), and returns `false`; the test returns.
 //! - When `TEST_REQUIRE` (a comma list of [`ROOT`], [`TOOLS`], [`CGROUP_V1`],
-//!   or `all`) names the missing requirement, the test fails with the reason
+//!   [`KVM`], or `all`) names the missing requirement, the test fails with the reason
 //!   instead: CI sets it, so nothing is skipped there unnoticed.
 //!
 //! ```no_run
@@ -37,6 +37,8 @@ pub const ROOT: &str = "root";
 pub const TOOLS: &str = "tools";
 /// A cgroup v1 (or hybrid) host, with the memory controller at `/sys/fs/cgroup/memory`.
 pub const CGROUP_V1: &str = "cgroup-v1";
+/// A `/dev/kvm` that opens for reading and writing (hardware KVM or PVM).
+pub const KVM: &str = "kvm";
 /// Every requirement, as a `TEST_REQUIRE` name.
 pub const ALL: &str = "all";
 
@@ -45,7 +47,7 @@ pub const REQUIRE_ENV: &str = "TEST_REQUIRE";
 /// The environment variable naming the file each skip is appended to.
 pub const SKIP_LOG_ENV: &str = "CRIUS_TEST_SKIP_LOG";
 
-const REQUIREMENTS: [&str; 3] = [ROOT, TOOLS, CGROUP_V1];
+const REQUIREMENTS: [&str; 4] = [ROOT, TOOLS, CGROUP_V1, KVM];
 
 /// Capabilities the privileged tests use (mounts, namespaces, seccomp;
 /// links and nftables; dropping capabilities), as (bit, name).
@@ -79,8 +81,21 @@ pub fn require_tool(test: &str, tool: impl AsRef<Path>, package: &str) -> bool {
     false
 }
 
+/// Whether `/dev/kvm` opens for reading and writing (it exists and this
+/// process may use it). Otherwise [`skip`]s for [`KVM`] and returns `false`.
+#[track_caller]
+pub fn require_kvm(test: &str) -> bool {
+    match OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => true,
+        Err(e) => {
+            skip(test, KVM, &format!("needs /dev/kvm ({e})"));
+            false
+        }
+    }
+}
+
 /// Records that `test` cannot run here because `why` (it lacks
-/// `requirement`, one of [`ROOT`], [`TOOLS`], [`CGROUP_V1`]); the caller
+/// `requirement`, one of [`ROOT`], [`TOOLS`], [`CGROUP_V1`], [`KVM`]); the caller
 /// then returns from the test. Panics instead when `TEST_REQUIRE` names
 /// `requirement` or `all`, or names something unknown.
 #[track_caller]
@@ -165,8 +180,8 @@ mod tests {
 
     #[test]
     fn an_unknown_requirement_name_is_an_error_not_ignored() {
-        let e = required("root,kvm", ROOT).expect_err("kvm is unknown");
-        assert!(e.contains("\"kvm\"") && e.contains("all, root, tools, cgroup-v1"), "{e}");
+        let e = required("root,vhost", ROOT).expect_err("vhost is unknown");
+        assert!(e.contains("\"vhost\"") && e.contains("all, root, tools, cgroup-v1, kvm"), "{e}");
     }
 
     #[test]
