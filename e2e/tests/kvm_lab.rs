@@ -1,12 +1,13 @@
 //! The KVM lab (`e2e/kvm-lab/`): a Linux L1 under QEMU's software CPU with
 //! emulated AMD SVM gets a real `kvm_amd` `/dev/kvm`, and crius's VMM boots
-//! the Debian cloud kernel inside it. Two lab tests:
+//! the Debian cloud kernel inside it. The lab test `vm-boot`: `crius internal
+//! vmm` boots the guest to userspace; vsock both ways, the shared file over
+//! virtio-blk, ping through virtio-net and a tap, virtio-rng, power-off
+//! through ACPI, the VMM's own memory.
 //!
-//! - `vm-boot`: `crius internal vmm` boots the guest to userspace; vsock both
-//!   ways, the shared file over virtio-blk, ping through virtio-net and a tap,
-//!   virtio-rng, power-off through ACPI, the VMM's own memory.
-//! - `boot-time`: boot-to-init under crius and under QEMU `-M microvm`, same
-//!   kernel and initramfs, as a ratio (goal: crius no slower).
+//! Boot time against QEMU (`e2e/kvm-lab/run.sh OUT boot-time`) is a
+//! benchmark, run by hand (e2e/bench/README.md): timings are no test
+//! assertion on shared machines.
 //!
 //! Needs no `/dev/kvm` on this host, only the packages `.ci/setup-host`
 //! installs. The lab's report is printed whether it passes or not.
@@ -100,7 +101,5 @@ fn crius_vmm_boots_linux_with_its_devices_in_the_kvm_lab() -> Result<()> {
     }
     assert!(report.contains("ok: ping through virtio-net and the tap"));
     assert!(report.contains("ok: clean shutdown"));
-    let report = run_lab_test(&out, "boot-time", 400)?;
-    assert!(report.contains("ok: crius boots no slower than QEMU microvm (same command line)"), "{report}");
     Ok(())
 }
